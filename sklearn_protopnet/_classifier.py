@@ -1,0 +1,460 @@
+"""ProtoPNetClassifier: the scikit-learn surface of the method."""
+
+from __future__ import annotations
+
+import numbers
+import os
+import time
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, _fit_context
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted, column_or_1d
+
+from ._backbones import build_backbone, probe_backbone
+from ._images import ImageDataset, check_images, decode_all, make_augmentation
+from ._network import ProtoPNet
+from ._push import similarities
+from ._training import TrainingConfig, fit_stages
+
+_DEFAULT_MEMORY_BUDGET = 2 * 1024**3  # bytes of decoded uint8 images kept in memory
+
+
+def _image_size(value) -> tuple[int, int]:
+    if isinstance(value, numbers.Integral):
+        return int(value), int(value)
+    h, w = value
+    return int(h), int(w)
+
+
+def _check_image_size(value) -> bool:
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return value >= 8
+    return (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, numbers.Integral) and v >= 8 for v in value)
+    )
+
+
+def resolve_device(device) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} was asked for, but CUDA is not available")
+    return device
+
+
+class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
+    """Prototypical part network ("This looks like that") as a classifier.
+
+    An image is classified by comparing its parts (cells of a convolutional
+    feature map) with learned prototypical parts of each class, each a real
+    patch of a training image; the logit of class k is the sum over
+    prototypes of similarity x weight. Trained in stages: warm-up, joint
+    training with cluster and separation costs, prototype projection (push)
+    and a last layer solved as a convex problem.
+
+    Parameters
+    ----------
+    backbone : str or torch.nn.Module, default="resnet18"
+        A torchvision model name (see :func:`sklearn_protopnet.list_backbones`),
+        cut at its last convolutional feature map, or any module mapping
+        (N, 3, H, W) images to a feature map (N, C, h, w). A module is copied,
+        never trained in place.
+    weights : None, str or path, default=None
+        None for random initialisation, a torchvision weights name such as
+        ``"DEFAULT"`` or ``"IMAGENET1K_V1"`` (downloaded where there is
+        internet), or the path of a local state_dict file.
+    image_size : int or (int, int), default=224
+        Images are resized to this (height, width).
+    prototypes_per_class : int, default=10
+        Prototypes allocated to each class; m = prototypes_per_class x K.
+    prototype_dim : int, default=128
+        Depth D of the latent space and of each (1x1) prototype.
+    add_on : {"regular", "bottleneck"}, default="regular"
+        The 1x1 convolutions between the backbone and the prototypes.
+    similarity : {"log", "linear"}, default="log"
+        ``log((d + 1) / (d + 1e-4))`` or ``-d`` of the squared distance d.
+    prototype_init : {"patches", "uniform"}, default="patches"
+        "uniform" draws prototypes uniformly in [0, 1) as the reference does;
+        "patches" then moves each to its nearest latent patch of its own class
+        before training starts (a push at initialisation), which speeds up
+        the early epochs considerably (see the docs for figures).
+    warm_epochs : int, default=5
+        Epochs with the backbone frozen (add-on and prototypes learn).
+    joint_epochs : int, default=20
+        Epochs in which backbone, add-on and prototypes learn together.
+    push_start, push_interval : int, default=10, 10
+        A push and last-layer cycle runs after epoch ``push_start`` and every
+        ``push_interval`` epochs after it (counting warm-up epochs);
+        ``push_interval=0`` disables intermediate pushes. ``fit`` always ends
+        with a push and the last layer.
+    batch_size : int, default=32
+    lr_backbone : float or "auto", default="auto"
+        Adam learning rate of the backbone in the joint stage; "auto" is 1e-4
+        for pretrained weights and 1e-3 for a randomly initialised backbone.
+    lr_add_on, lr_prototypes : float, default=3e-3
+    weight_decay_add_on : float, default=1e-3
+    joint_lr_step, joint_lr_gamma : int, float, default=5, 0.1
+        Step decay of the joint stage's learning rates.
+    cluster_coef, separation_coef : float, default=0.8, 0.08
+        Weights of the cluster cost and of the separation cost (subtracted).
+    last_layer_l1 : float, default=1e-4
+        L1 penalty on the last-layer weights that link a prototype to
+        another class, in the SGD loss and in the convex last-layer problem.
+    last_layer_l2 : float, default=1e-4
+        Small ridge penalty that makes the last-layer problem strongly convex
+        so that its minimum exists (see the docs); 0 gives the reference
+        objective.
+    last_layer_tol : float, default=1e-6
+        The last-layer solver stops when its KKT residual is below this.
+    last_layer_max_iter : int, default=20000
+    augment : bool or callable, default=True
+        Augmentation of the SGD stages (random resized crop, flip, small
+        rotation and shear) on uint8 (3, H, W) tensors; a callable replaces
+        it. Push, the last layer, predict and explain never augment.
+    validation_fraction : float or None, default=None
+        Hold out this stratified fraction from the SGD stages to monitor
+        ``valid_*`` metrics in ``history_``. Push and the last layer use all
+        samples.
+    memory_budget : int, default=2 GiB
+        Bytes of decoded images kept in memory during ``fit``; within it every
+        image is decoded once per fit, beyond it images are streamed.
+    num_workers : int, default=0
+        DataLoader worker processes for decoding and augmentation.
+    device : str or torch.device, default="auto"
+        "auto" uses CUDA when available, else the CPU. Fitted state always
+        lives on the CPU.
+    random_state : int, RandomState instance or None, default=None
+    verbose : int, default=0
+        1 prints each epoch's losses and the push and last-layer timings.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (K,)
+    coef_ : ndarray of shape (K, m)
+        Last-layer weights (no bias): ``decision_function = transform @ coef_.T``.
+    prototype_class_ : ndarray of shape (m,)
+        Class label of each prototype.
+    prototype_source_index_ : ndarray of shape (m,)
+        Index, into the X given to fit, of the image each prototype was
+        projected onto.
+    prototype_location_ : ndarray of shape (m, 2)
+        (row, column) of that patch in the latent feature map.
+    history_ : list of dict
+        One record per epoch (stage, losses, metrics, duration), per push and
+        per last-layer solve (objective, KKT residual, iterations).
+    module_ : ProtoPNet
+        The fitted network, on the CPU.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_protopnet import ProtoPNetClassifier
+    >>> from sklearn_protopnet.backbones import SmallCNN
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.integers(0, 255, size=(20, 16, 16), dtype=np.uint8)
+    >>> y = np.repeat([0, 1], 10)
+    >>> clf = ProtoPNetClassifier(backbone=SmallCNN(), image_size=16, prototypes_per_class=2,
+    ...                           prototype_dim=8, warm_epochs=1, joint_epochs=1,
+    ...                           random_state=0).fit(X, y)
+    >>> clf.predict_proba(X).shape
+    (20, 2)
+    """
+
+    _parameter_constraints: dict = {
+        "backbone": [str, torch.nn.Module],
+        "weights": [None, str, os.PathLike],
+        "image_size": [Interval(numbers.Integral, 8, None, closed="left"), tuple, list],
+        "prototypes_per_class": [Interval(numbers.Integral, 1, None, closed="left")],
+        "prototype_dim": [Interval(numbers.Integral, 1, None, closed="left")],
+        "add_on": [StrOptions({"regular", "bottleneck"})],
+        "similarity": [StrOptions({"log", "linear"})],
+        "prototype_init": [StrOptions({"patches", "uniform"})],
+        "warm_epochs": [Interval(numbers.Integral, 0, None, closed="left")],
+        "joint_epochs": [Interval(numbers.Integral, 0, None, closed="left")],
+        "push_start": [Interval(numbers.Integral, 1, None, closed="left")],
+        "push_interval": [Interval(numbers.Integral, 0, None, closed="left")],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "lr_backbone": [StrOptions({"auto"}), Interval(numbers.Real, 0, None, closed="left")],
+        "lr_add_on": [Interval(numbers.Real, 0, None, closed="left")],
+        "lr_prototypes": [Interval(numbers.Real, 0, None, closed="left")],
+        "weight_decay_add_on": [Interval(numbers.Real, 0, None, closed="left")],
+        "joint_lr_step": [Interval(numbers.Integral, 1, None, closed="left")],
+        "joint_lr_gamma": [Interval(numbers.Real, 0, 1, closed="right")],
+        "cluster_coef": [Interval(numbers.Real, 0, None, closed="left")],
+        "separation_coef": [Interval(numbers.Real, 0, None, closed="left")],
+        "last_layer_l1": [Interval(numbers.Real, 0, None, closed="left")],
+        "last_layer_l2": [Interval(numbers.Real, 0, None, closed="left")],
+        "last_layer_tol": [Interval(numbers.Real, 0, None, closed="neither")],
+        "last_layer_max_iter": [Interval(numbers.Integral, 0, None, closed="left")],
+        "augment": ["boolean", callable],
+        "validation_fraction": [None, Interval(numbers.Real, 0, 1, closed="neither")],
+        "memory_budget": [Interval(numbers.Integral, 0, None, closed="left")],
+        "num_workers": [Interval(numbers.Integral, 0, None, closed="left")],
+        "device": [str, torch.device],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        backbone="resnet18",
+        weights=None,
+        image_size=224,
+        prototypes_per_class=10,
+        prototype_dim=128,
+        add_on="regular",
+        similarity="log",
+        prototype_init="patches",
+        warm_epochs=5,
+        joint_epochs=20,
+        push_start=10,
+        push_interval=10,
+        batch_size=32,
+        lr_backbone="auto",
+        lr_add_on=3e-3,
+        lr_prototypes=3e-3,
+        weight_decay_add_on=1e-3,
+        joint_lr_step=5,
+        joint_lr_gamma=0.1,
+        cluster_coef=0.8,
+        separation_coef=0.08,
+        last_layer_l1=1e-4,
+        last_layer_l2=1e-4,
+        last_layer_tol=1e-6,
+        last_layer_max_iter=20000,
+        augment=True,
+        validation_fraction=None,
+        memory_budget=_DEFAULT_MEMORY_BUDGET,
+        num_workers=0,
+        device="auto",
+        random_state=None,
+        verbose=0,
+    ):
+        self.backbone = backbone
+        self.weights = weights
+        self.image_size = image_size
+        self.prototypes_per_class = prototypes_per_class
+        self.prototype_dim = prototype_dim
+        self.add_on = add_on
+        self.similarity = similarity
+        self.prototype_init = prototype_init
+        self.warm_epochs = warm_epochs
+        self.joint_epochs = joint_epochs
+        self.push_start = push_start
+        self.push_interval = push_interval
+        self.batch_size = batch_size
+        self.lr_backbone = lr_backbone
+        self.lr_add_on = lr_add_on
+        self.lr_prototypes = lr_prototypes
+        self.weight_decay_add_on = weight_decay_add_on
+        self.joint_lr_step = joint_lr_step
+        self.joint_lr_gamma = joint_lr_gamma
+        self.cluster_coef = cluster_coef
+        self.separation_coef = separation_coef
+        self.last_layer_l1 = last_layer_l1
+        self.last_layer_l2 = last_layer_l2
+        self.last_layer_tol = last_layer_tol
+        self.last_layer_max_iter = last_layer_max_iter
+        self.augment = augment
+        self.validation_fraction = validation_fraction
+        self.memory_budget = memory_budget
+        self.num_workers = num_workers
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ fit
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y):
+        """Train in stages on images X (paths or an array) and labels y.
+
+        On any error the estimator is left exactly as it was: fitted state is
+        assigned only once training has finished.
+        """
+        if not _check_image_size(self.image_size):
+            raise ValueError(
+                f"image_size must be an int >= 8 or a (height, width) pair of them, "
+                f"got {self.image_size!r}"
+            )
+        source = check_images(X)
+        y = column_or_1d(y, warn=True)
+        if len(y) != len(source):
+            raise ValueError(f"X has {len(source)} images but y has {len(y)} labels")
+        check_classification_targets(y)
+        encoder = LabelEncoder().fit(y)
+        if len(encoder.classes_) < 2:
+            raise ValueError(
+                f"y has a single class ({encoder.classes_[0]!r}); at least 2 are needed"
+            )
+        y_enc = encoder.transform(y).astype(np.int64)
+        image_size = _image_size(self.image_size)
+        device = resolve_device(self.device)
+        if isinstance(self.random_state, numbers.Integral):
+            seed = int(self.random_state)
+        else:
+            seed = int(check_random_state(self.random_state).randint(0, 2**31 - 1))
+        log = print if self.verbose else (lambda *a, **k: None)
+
+        cuda_devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda_devices):
+            torch.manual_seed(seed)
+            state = self._fit(source, y_enc, encoder.classes_, image_size, device, seed, log)
+        self.__dict__.update(state)
+        return self
+
+    def _fit(self, source, y_enc, classes, image_size, device, seed, log):
+        t_start = time.perf_counter()
+        built = build_backbone(self.backbone, self.weights)
+        channels, h, w = probe_backbone(built.module, image_size)
+        n_classes = len(classes)
+        prototype_class = torch.arange(n_classes).repeat_interleave(self.prototypes_per_class)
+        module = ProtoPNet(
+            built.module,
+            channels,
+            prototype_class,
+            n_classes,
+            prototype_dim=self.prototype_dim,
+            add_on=self.add_on,
+            similarity=self.similarity,
+            mean=built.mean,
+            std=built.std,
+        )
+
+        n = len(source)
+        decoded_bytes = n * 3 * image_size[0] * image_size[1]
+        cache = None
+        if decoded_bytes <= self.memory_budget:
+            t0 = time.perf_counter()
+            cache = decode_all(source, image_size, self.num_workers)
+            log(f"[data] decoded {n} images to {image_size[0]}x{image_size[1]} "
+                f"({decoded_bytes / 2**20:.0f} MiB) in {time.perf_counter() - t0:.1f}s")
+        else:
+            log(f"[data] {decoded_bytes / 2**20:.0f} MiB of decoded images exceed "
+                "memory_budget; streaming from files")
+        dataset = ImageDataset(source, image_size, y=y_enc, cache=cache)
+        if self.augment is True:
+            transform = make_augmentation(image_size)
+        elif callable(self.augment):
+            transform = self.augment
+        else:
+            transform = None
+
+        valid_dataset = None
+        train_idx = np.arange(n)
+        if self.validation_fraction is not None:
+            from sklearn.model_selection import train_test_split
+
+            train_idx, valid_idx = train_test_split(
+                train_idx, test_size=self.validation_fraction, stratify=y_enc,
+                random_state=seed,
+            )
+            valid_dataset = dataset.subset(valid_idx, transform=None)
+        train_dataset = dataset.subset(train_idx, transform=transform)
+
+        lr_backbone = self.lr_backbone
+        if lr_backbone == "auto":
+            lr_backbone = 1e-4 if self.weights is not None else 1e-3
+        config = TrainingConfig(
+            warm_epochs=self.warm_epochs,
+            joint_epochs=self.joint_epochs,
+            push_start=self.push_start,
+            push_interval=self.push_interval,
+            batch_size=self.batch_size,
+            lr_backbone=lr_backbone,
+            lr_add_on=self.lr_add_on,
+            lr_prototypes=self.lr_prototypes,
+            weight_decay_add_on=self.weight_decay_add_on,
+            joint_lr_step=self.joint_lr_step,
+            joint_lr_gamma=self.joint_lr_gamma,
+            cluster_coef=self.cluster_coef,
+            separation_coef=self.separation_coef,
+            last_layer_l1=self.last_layer_l1,
+            last_layer_l2=self.last_layer_l2,
+            last_layer_tol=self.last_layer_tol,
+            last_layer_max_iter=self.last_layer_max_iter,
+            num_workers=self.num_workers,
+            verbose=self.verbose,
+            prototype_init=self.prototype_init,
+        )
+        push = fit_stages(module, dataset, train_dataset, valid_dataset, y_enc, config,
+                          device, log)
+        module.set_trainable(backbone=False, add_on=False, prototypes=False)
+        module.cpu().eval()
+        log(f"[done] fit in {time.perf_counter() - t_start:.1f}s")
+        return {
+            "classes_": classes,
+            "module_": module,
+            "prototype_source_index_": push.source_index.copy(),
+            "prototype_location_": push.location.copy(),
+            "history_": config.history,
+            "image_size_": image_size,
+            "feature_map_shape_": (h, w),
+        }
+
+    # ------------------------------------------------------------ inference
+    @property
+    def coef_(self) -> np.ndarray:
+        """Last-layer weights (K, m): the only copy is in ``module_``."""
+        check_is_fitted(self, "module_")
+        return self.module_.last_layer.weight.detach().cpu().double().numpy().copy()
+
+    @property
+    def prototype_class_(self) -> np.ndarray:
+        """Class label of each prototype (m,)."""
+        check_is_fitted(self, "module_")
+        return self.classes_[self.module_.prototype_class.cpu().numpy()]
+
+    @property
+    def n_prototypes_(self) -> int:
+        check_is_fitted(self, "module_")
+        return self.module_.n_prototypes
+
+    def _outputs(self, X):
+        """(logits, similarities) as float64 arrays, streamed in batches."""
+        check_is_fitted(self, "module_")
+        source = check_images(X)
+        device = resolve_device(self.device)
+        dataset = ImageDataset(source, self.image_size_)
+        module = self.module_
+        try:
+            module.to(device)
+            logits, sims = similarities(module, dataset, self.batch_size, device,
+                                        self.num_workers)
+        finally:
+            module.cpu()
+        return logits.astype(np.float64), sims.astype(np.float64)
+
+    def decision_function(self, X) -> np.ndarray:
+        """The logits (n, K); equal to ``transform(X) @ coef_.T``."""
+        return self._outputs(X)[0]
+
+    def transform(self, X) -> np.ndarray:
+        """Each prototype's largest similarity over the image's patches (n, m)."""
+        return self._outputs(X)[1]
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Softmax of the logits (n, K)."""
+        logits = self.decision_function(X)
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        return p / p.sum(axis=1, keepdims=True)
+
+    def predict_log_proba(self, X) -> np.ndarray:
+        return np.log(self.predict_proba(X))
+
+    def predict(self, X) -> np.ndarray:
+        logits = self.decision_function(X)
+        return self.classes_[np.argmax(logits, axis=1)]
+
+    def fit_transform(self, X, y=None, **fit_params):
+        """Fit, then return the similarities of X (no augmentation)."""
+        return self.fit(X, y, **fit_params).transform(X)
+

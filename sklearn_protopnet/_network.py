@@ -1,0 +1,222 @@
+"""The ProtoPNet network: backbone, add-on layers, prototype layer, last layer.
+
+This module knows nothing of scikit-learn. Data flows one way::
+
+    uint8 image ─▶ normalise ─▶ backbone ─▶ add-on ─▶ z (N, D, h, w)
+        ─▶ squared distances to prototypes (N, m, h, w) ─▶ min over space
+        ─▶ similarity s (N, m) ─▶ logits = s @ W.T (N, K)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+#: ``log((d + 1) / (d + eps))``: the paper's similarity of a squared distance.
+SIMILARITY_EPSILON = 1e-4
+
+
+def make_add_on(in_channels: int, prototype_dim: int, style: str) -> nn.Sequential:
+    """1x1 convolutions from the backbone's channels to ``prototype_dim``.
+
+    Both styles end in a sigmoid so that latent features lie in (0, 1), the
+    range prototypes are initialised in.
+    """
+    if style == "regular":
+        layers = [
+            nn.Conv2d(in_channels, prototype_dim, kernel_size=1),
+            nn.ReLU(),
+            nn.Conv2d(prototype_dim, prototype_dim, kernel_size=1),
+            nn.Sigmoid(),
+        ]
+    elif style == "bottleneck":
+        layers = []
+        channels = in_channels
+        while channels > prototype_dim or not layers:
+            out = max(prototype_dim, channels // 2)
+            layers += [
+                nn.Conv2d(channels, out, kernel_size=1),
+                nn.ReLU(),
+                nn.Conv2d(out, out, kernel_size=1),
+                nn.ReLU(),
+            ]
+            channels = out
+        if channels != prototype_dim:  # only when in_channels < prototype_dim
+            layers += [nn.Conv2d(channels, prototype_dim, kernel_size=1)]
+        else:
+            layers.pop()  # the last ReLU gives way to the sigmoid
+        layers.append(nn.Sigmoid())
+    else:
+        raise ValueError(f"unknown add-on style {style!r}")
+    for layer in layers:
+        if isinstance(layer, nn.Conv2d):
+            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(layer.bias)
+    return nn.Sequential(*layers)
+
+
+def squared_distances(z: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """Squared L2 distance of every 1x1 patch of ``z`` to every prototype.
+
+    ``z`` is (N, D, h, w), ``prototypes`` is (m, D); the result is
+    (N, m, h, w), computed as ``|z|^2 - 2 z.p + |p|^2`` and clamped at 0
+    because the expansion can dip below zero by rounding.
+    """
+    z_sq = (z * z).sum(dim=1, keepdim=True)
+    cross = torch.einsum("ndhw,md->nmhw", z, prototypes)
+    p_sq = (prototypes * prototypes).sum(dim=1).view(1, -1, 1, 1)
+    return (z_sq - 2.0 * cross + p_sq).clamp_min(0.0)
+
+
+def distance_to_similarity(d: torch.Tensor, kind: str) -> torch.Tensor:
+    """Turn squared distances into similarities (decreasing in ``d``)."""
+    if kind == "log":
+        return torch.log((d + 1.0) / (d + SIMILARITY_EPSILON))
+    if kind == "linear":
+        return -d
+    raise ValueError(f"unknown similarity {kind!r}")
+
+
+class ProtoPNet(nn.Module):
+    """Prototypical part network with 1x1 prototypes.
+
+    Parameters
+    ----------
+    backbone : nn.Module
+        Maps a normalised float image batch (N, 3, H, W) to a feature map
+        (N, C, h, w).
+    backbone_channels : int
+        ``C``, the backbone's output channels.
+    prototype_class : torch.Tensor of int64, shape (m,)
+        The class index (0..K-1) each prototype belongs to.
+    n_classes : int
+        ``K``.
+    prototype_dim : int
+        ``D``, the depth of the latent space and of each prototype.
+    add_on : {"regular", "bottleneck"}
+    similarity : {"log", "linear"}
+    mean, std : sequence of 3 floats
+        Normalisation applied to images scaled to [0, 1].
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        backbone_channels: int,
+        prototype_class: torch.Tensor,
+        n_classes: int,
+        prototype_dim: int = 128,
+        add_on: str = "regular",
+        similarity: str = "log",
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.add_on = make_add_on(backbone_channels, prototype_dim, add_on)
+        m = len(prototype_class)
+        self.prototypes = nn.Parameter(torch.rand(m, prototype_dim))
+        self.last_layer = nn.Linear(m, n_classes, bias=False)
+        self.similarity_kind = similarity
+        self.register_buffer("prototype_class", prototype_class.clone().long())
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.backbone_trainable = True
+        self.reset_last_layer()
+
+    # -- structure -------------------------------------------------------
+    @property
+    def n_prototypes(self) -> int:
+        return self.prototypes.shape[0]
+
+    def own_class_mask(self) -> torch.Tensor:
+        """(K, m) boolean mask, True where prototype j belongs to class k."""
+        k = self.last_layer.out_features
+        classes = torch.arange(k, device=self.prototype_class.device)
+        return classes[:, None] == self.prototype_class[None, :]
+
+    def reset_last_layer(self, off_class_weight: float = -0.5) -> None:
+        """+1 for a prototype's own class and ``off_class_weight`` elsewhere."""
+        own = self.own_class_mask().to(self.last_layer.weight.dtype)
+        with torch.no_grad():
+            self.last_layer.weight.copy_(own + off_class_weight * (1.0 - own))
+
+    def set_trainable(self, *, backbone: bool, add_on: bool, prototypes: bool) -> None:
+        """Freeze or unfreeze the parts; the last layer is never trained by SGD.
+
+        A frozen backbone is also kept in eval mode by :meth:`train`, so its
+        BatchNorm statistics do not drift while other parts learn.
+        """
+        self.backbone_trainable = backbone
+        for p in self.backbone.parameters():
+            p.requires_grad_(backbone)
+        for p in self.add_on.parameters():
+            p.requires_grad_(add_on)
+        self.prototypes.requires_grad_(prototypes)
+        self.last_layer.weight.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and not self.backbone_trainable:
+            self.backbone.eval()
+        return self
+
+    # -- computation -----------------------------------------------------
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (or [0, 1] float) images to the backbone's input scale."""
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255.0)
+        return (x - self.mean) / self.std
+
+    def latent(self, x: torch.Tensor) -> torch.Tensor:
+        """The latent feature map z, (N, D, h, w), values in (0, 1)."""
+        return self.add_on(self.backbone(self.normalise(x)))
+
+    def distance_map(self, z: torch.Tensor) -> torch.Tensor:
+        return squared_distances(z, self.prototypes)
+
+    def similarity(self, d: torch.Tensor) -> torch.Tensor:
+        return distance_to_similarity(d, self.similarity_kind)
+
+    def head(self, distance_map: torch.Tensor):
+        """Pool a distance map into (logits, similarities, min distances)."""
+        min_distances = distance_map.flatten(2).amin(dim=2)
+        similarities = self.similarity(min_distances)
+        return self.last_layer(similarities), similarities, min_distances
+
+    def forward(self, x: torch.Tensor):
+        """Return ``(logits, min_distances)``; logits = similarity @ W.T."""
+        logits, _, min_distances = self.head(self.distance_map(self.latent(x)))
+        return logits, min_distances
+
+
+def prototype_losses(
+    min_distances: torch.Tensor, y: torch.Tensor, prototype_class: torch.Tensor
+):
+    """Cluster and separation terms of the ProtoPNet loss.
+
+    Returns ``(cluster, separation)``: the batch mean of the smallest squared
+    distance to a prototype of the image's own class, and to a prototype of
+    any other class.
+    """
+    own = y[:, None] == prototype_class[None, :]
+    big = torch.finfo(min_distances.dtype).max
+    cluster = min_distances.masked_fill(~own, big).amin(dim=1)
+    separation = min_distances.masked_fill(own, big).amin(dim=1)
+    return cluster.mean(), separation.mean()
+
+
+def off_class_l1(model: ProtoPNet) -> torch.Tensor:
+    """L1 norm of the last-layer weights that connect prototypes to other classes."""
+    return (model.last_layer.weight * (~model.own_class_mask())).abs().sum()
+
+
+__all__ = [
+    "ProtoPNet",
+    "make_add_on",
+    "squared_distances",
+    "distance_to_similarity",
+    "prototype_losses",
+    "off_class_l1",
+]

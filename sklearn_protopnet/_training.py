@@ -1,0 +1,254 @@
+"""The staged training: warm-up, joint, push, last layer.
+
+The SGD stages run through a skorch ``NeuralNet`` extended through its own
+hooks: ``get_loss`` adds the cluster, separation and L1 terms,
+``get_all_learnable_params`` hands the optimiser only the unfrozen parts,
+named ``param_groups`` give each part its learning rate, and a callback sets
+the step-decay schedule. Push and the convex last layer run between epochs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from skorch import NeuralNet
+from skorch.callbacks import Callback, PassthroughScoring
+from skorch.helper import predefined_split
+
+from ._last_layer import solve_last_layer
+from ._network import off_class_l1, prototype_losses
+from ._push import push_prototypes, similarities
+
+_BATCH_METRICS = ("ce", "cluster", "separation", "l1", "acc")
+
+
+class ProtoPNetNet(NeuralNet):
+    """skorch net whose loss is the ProtoPNet objective.
+
+    ``module`` returns ``(logits, min_distances)``; the loss is
+    ``CE + cluster_coef * Clst - separation_coef * Sep + l1_coef * L1``.
+    """
+
+    def __init__(self, *args, cluster_coef=0.8, separation_coef=0.08, l1_coef=1e-4, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cluster_coef = cluster_coef
+        self.separation_coef = separation_coef
+        self.l1_coef = l1_coef
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        logits, min_distances = y_pred
+        y_true = torch.as_tensor(y_true, device=logits.device).long()
+        ce = super().get_loss(logits, y_true, X=X, training=training)
+        module = self.module_
+        cluster, separation = prototype_losses(min_distances, y_true, module.prototype_class)
+        l1 = off_class_l1(module)
+        loss = ce + self.cluster_coef * cluster - self.separation_coef * separation
+        loss = loss + self.l1_coef * l1
+        prefix = "train_" if training else "valid_"
+        acc = (logits.argmax(dim=1) == y_true).float().mean()
+        for name, value in zip(_BATCH_METRICS, (ce, cluster, separation, l1, acc)):
+            self.history.record_batch(prefix + name, value.item())
+        return loss
+
+    def get_all_learnable_params(self):
+        for name, param in super().get_all_learnable_params():
+            if param.requires_grad:
+                yield name, param
+
+
+class StepDecay(Callback):
+    """Per-group learning rate ``base_lr * gamma ** (stage_epoch // step)``.
+
+    The position in the schedule is ``stage_epoch``, set by the stage runner,
+    so the schedule does not depend on how epochs are grouped into calls.
+    """
+
+    def __init__(self, step: int, gamma: float):
+        self.step = step
+        self.gamma = gamma
+        self.stage_epoch = 0
+        self.decay = False
+
+    def on_epoch_begin(self, net, **kwargs):
+        factor = self.gamma ** (self.stage_epoch // self.step) if self.decay else 1.0
+        for group in net.optimizer_.param_groups:
+            group["lr"] = group["base_lr"] * factor
+
+
+@dataclass
+class TrainingConfig:
+    warm_epochs: int
+    joint_epochs: int
+    push_start: int
+    push_interval: int
+    batch_size: int
+    lr_backbone: float
+    lr_add_on: float
+    lr_prototypes: float
+    weight_decay_add_on: float
+    joint_lr_step: int
+    joint_lr_gamma: float
+    cluster_coef: float
+    separation_coef: float
+    last_layer_l1: float
+    last_layer_l2: float
+    last_layer_tol: float
+    last_layer_max_iter: int
+    num_workers: int
+    verbose: int
+    prototype_init: str = "uniform"
+    history: list = field(default_factory=list)
+
+
+def push_epochs(warm_epochs: int, joint_epochs: int, start: int, interval: int) -> list[int]:
+    """Epochs (1-based, counting warm-up) after which a push cycle runs.
+
+    Pushes before the last epoch follow the schedule; ``fit`` always ends
+    with one more after the last epoch.
+    """
+    total = warm_epochs + joint_epochs
+    scheduled = range(start, total, interval) if interval > 0 else []
+    return [e for e in scheduled if e > 0] + [total]
+
+
+def fit_stages(module, dataset, train_dataset, valid_dataset, y_enc, config, device, log):
+    """Train ``module`` in place; return the push result of the final push."""
+    decay = StepDecay(config.joint_lr_step, config.joint_lr_gamma)
+    callbacks = [("step_decay", decay)]
+    for prefix, on_train in (("train_", True), ("valid_", False)):
+        if on_train or valid_dataset is not None:
+            callbacks += [
+                (prefix + m, PassthroughScoring(name=prefix + m, on_train=on_train))
+                for m in _BATCH_METRICS
+            ]
+    cuda = torch.device(device).type == "cuda"
+    net = ProtoPNetNet(
+        module,
+        criterion=torch.nn.CrossEntropyLoss,
+        optimizer=torch.optim.Adam,
+        optimizer__param_groups=[
+            ("backbone.*", {"lr": config.lr_backbone, "base_lr": config.lr_backbone}),
+            (
+                "add_on.*",
+                {
+                    "lr": config.lr_add_on,
+                    "base_lr": config.lr_add_on,
+                    "weight_decay": config.weight_decay_add_on,
+                },
+            ),
+            ("prototypes", {"lr": config.lr_prototypes, "base_lr": config.lr_prototypes}),
+        ],
+        lr=config.lr_add_on,
+        batch_size=config.batch_size,
+        max_epochs=1,
+        train_split=None if valid_dataset is None else predefined_split(valid_dataset),
+        iterator_train__shuffle=True,
+        iterator_train__num_workers=config.num_workers,
+        iterator_train__pin_memory=cuda,
+        iterator_valid__num_workers=config.num_workers,
+        iterator_valid__pin_memory=cuda,
+        callbacks=callbacks,
+        callbacks__print_log=None,
+        device=device,
+        cluster_coef=config.cluster_coef,
+        separation_coef=config.separation_coef,
+        l1_coef=config.last_layer_l1,
+        verbose=0,
+    )
+    history = config.history
+    total = config.warm_epochs + config.joint_epochs
+    pushes = set(push_epochs(config.warm_epochs, config.joint_epochs,
+                             config.push_start, config.push_interval))
+    net.initialize()
+    if config.prototype_init == "patches":
+        push_prototypes(module, dataset, y_enc, config.batch_size, device, config.num_workers)
+    stage = None
+    result = None
+    for epoch in range(1, total + 1):
+        new_stage = "warm" if epoch <= config.warm_epochs else "joint"
+        if new_stage != stage:
+            stage = new_stage
+            joint = stage == "joint"
+            module.set_trainable(backbone=joint, add_on=True, prototypes=True)
+            net.initialize_optimizer()  # a fresh Adam per stage, as in the reference
+            decay.decay = joint
+            stage_start = epoch
+        decay.stage_epoch = epoch - stage_start
+        net.partial_fit(train_dataset, y=None)
+        record = {k: v for k, v in net.history[-1].items() if k != "batches"}
+        record.update(stage=stage, epoch=epoch)
+        history.append(record)
+        log(_format_epoch(record, total))
+        if epoch in pushes:
+            result = push_and_last_layer(module, dataset, y_enc, config, device, log, epoch)
+    if total == 0:
+        result = push_and_last_layer(module, dataset, y_enc, config, device, log, 0)
+    return result
+
+
+def push_and_last_layer(module, dataset, y_enc, config, device, log, epoch):
+    """One push, then the convex last layer on the pushed prototypes."""
+    t0 = time.perf_counter()
+    result = push_prototypes(module, dataset, y_enc, config.batch_size, device,
+                             config.num_workers)
+    t1 = time.perf_counter()
+    config.history.append(
+        {"stage": "push", "epoch": epoch, "dur": t1 - t0,
+         "mean_push_distance": float(result.distance.mean())}
+    )
+    log(f"[push after epoch {epoch}] {module.n_prototypes} prototypes projected "
+        f"(mean squared distance moved {result.distance.mean():.4f}) in {t1 - t0:.1f}s")
+    fit_last_layer(module, dataset, y_enc, config, device, log, epoch)
+    return result
+
+
+def fit_last_layer(module, dataset, y_enc, config, device, log, epoch):
+    """Solve the last layer to optimality on similarities computed once."""
+    t0 = time.perf_counter()
+    _, S = similarities(module, dataset, config.batch_size, device, config.num_workers)
+    t1 = time.perf_counter()
+    own = module.own_class_mask().cpu().numpy()
+    W0 = module.last_layer.weight.detach().cpu().double().numpy()
+    sol = solve_last_layer(
+        S, y_enc, own, config.last_layer_l1, config.last_layer_l2, W0,
+        tol=config.last_layer_tol, max_iter=config.last_layer_max_iter,
+    )
+    with torch.no_grad():
+        module.last_layer.weight.copy_(torch.from_numpy(sol.weight))
+    t2 = time.perf_counter()
+    train_acc = float((np.argmax(S @ sol.weight.T, axis=1) == y_enc).mean())
+    config.history.append(
+        {"stage": "last_layer", "epoch": epoch, "dur": t2 - t0, "features_dur": t1 - t0,
+         "objective": sol.objective, "kkt_residual": sol.kkt_residual,
+         "iterations": sol.iterations, "converged": sol.converged, "train_acc": train_acc}
+    )
+    log(f"[last layer after epoch {epoch}] objective {sol.objective:.5f}, KKT residual "
+        f"{sol.kkt_residual:.1e} after {sol.iterations} iterations, train acc {train_acc:.3f} "
+        f"(features {t1 - t0:.1f}s, solve {t2 - t1:.1f}s)")
+    if not sol.converged:
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+
+        warnings.warn(
+            f"the last layer did not reach KKT residual {config.last_layer_tol:g} in "
+            f"{sol.iterations} iterations (residual {sol.kkt_residual:.2e}); raise "
+            "last_layer_max_iter or last_layer_l2",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    return sol
+
+
+def _format_epoch(record, total) -> str:
+    parts = [f"[{record['stage']} epoch {record['epoch']}/{total}]"]
+    for key in ("train_loss", "train_ce", "train_cluster", "train_separation", "train_acc",
+                "valid_acc"):
+        if key in record:
+            parts.append(f"{key.removeprefix('train_')}={record[key]:.4f}"
+                         if key != "valid_acc" else f"valid_acc={record[key]:.4f}")
+    parts.append(f"{record.get('dur', 0.0):.1f}s")
+    return " ".join(parts)

@@ -1,0 +1,264 @@
+"""ProtoPNetClassifier end to end on small images made here."""
+
+import os
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from sklearn.exceptions import NotFittedError
+
+from sklearn_protopnet import ProtoPNetClassifier
+from sklearn_protopnet import _classifier as classifier_module
+from sklearn_protopnet._network import SIMILARITY_EPSILON
+
+from .conftest import tiny_classifier, write_pngs
+
+
+def test_logits_are_similarities_times_weights(fitted, bar_files):
+    paths, _ = bar_files
+    logits = fitted.decision_function(paths)
+    sims = fitted.transform(paths)
+    assert logits.shape == (len(paths), 2)
+    assert sims.shape == (len(paths), fitted.n_prototypes_)
+    np.testing.assert_allclose(logits, sims @ fitted.coef_.T, rtol=1e-5, atol=1e-5)
+
+
+def test_probabilities_and_predictions_agree(fitted, bar_files):
+    paths, labels = bar_files
+    proba = fitted.predict_proba(paths)
+    logits = fitted.decision_function(paths)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(proba, expected, rtol=1e-6)
+    pred = fitted.predict(paths)
+    np.testing.assert_array_equal(pred, fitted.classes_[proba.argmax(axis=1)])
+    assert set(pred) <= set(labels)
+    np.testing.assert_array_equal(fitted.classes_, ["horizontal", "vertical"])
+
+
+def test_fitted_attributes_are_consistent(fitted, bar_files):
+    _, labels = bar_files
+    m = fitted.n_prototypes_
+    assert m == 2 * 3
+    assert fitted.coef_.shape == (2, m)
+    assert list(fitted.prototype_class_).count("horizontal") == 3
+    # each prototype was projected onto a training image of its own class
+    np.testing.assert_array_equal(labels[fitted.prototype_source_index_],
+                                  fitted.prototype_class_)
+    assert all(p.device.type == "cpu" for p in fitted.module_.parameters())
+    stages = [r["stage"] for r in fitted.history_]
+    assert stages[0] == "warm" and "joint" in stages
+    assert stages[-2:] == ["push", "last_layer"]
+    assert fitted.history_[-1]["kkt_residual"] <= fitted.last_layer_tol
+
+
+def test_push_is_exact(fitted, bar_files):
+    """Each prototype is a latent patch of its source image; its similarity there
+    is the largest possible."""
+    paths, _ = bar_files
+    module = fitted.module_
+    sims = fitted.transform([paths[i] for i in fitted.prototype_source_index_])
+    best = np.log((0 + 1) / (0 + SIMILARITY_EPSILON))
+    np.testing.assert_allclose(np.diag(sims), best, rtol=1e-3)
+    from sklearn_protopnet._images import check_images
+
+    source = check_images(paths)
+    for j, (i, (r, c)) in enumerate(zip(fitted.prototype_source_index_,
+                                        fitted.prototype_location_)):
+        x = source.load(int(i), fitted.image_size_)[None]
+        with torch.no_grad():
+            z = module.latent(x)
+        torch.testing.assert_close(module.prototypes[j], z[0, :, r, c], atol=1e-5, rtol=1e-5)
+
+
+def test_last_layer_is_optimal_on_training_similarities(fitted, bar_files):
+    paths, labels = bar_files
+    S = fitted.transform(paths)
+    W = fitted.coef_
+    y = np.searchsorted(fitted.classes_, labels)
+    P = np.exp(S @ W.T)
+    P /= P.sum(axis=1, keepdims=True)
+    G = (P - np.eye(2)[y]).T @ S / len(y) + fitted.last_layer_l2 * W
+    own = fitted.classes_[:, None] == fitted.prototype_class_[None, :]
+    assert np.abs(G[own]).max() < 1e-4
+    off = ~own
+    l1 = fitted.last_layer_l1
+    nz = off & (W != 0)
+    assert np.allclose(G[nz], -l1 * np.sign(W[nz]), atol=1e-4)
+    assert (np.abs(G[off & (W == 0)]) <= l1 + 1e-4).all()
+
+
+@pytest.mark.parametrize("kind", ["int", "str", "bool"])
+def test_label_round_trip(bar_data, kind):
+    images, labels = bar_data
+    y = {"int": labels * 7 + 3, "str": np.where(labels, "b", "a"),
+         "bool": labels.astype(bool)}[kind]
+    clf = tiny_classifier(joint_epochs=1).fit(images, y)
+    pred = clf.predict(images)
+    assert pred.dtype == np.asarray(y).dtype
+    assert set(pred.tolist()) <= set(np.asarray(y).tolist())
+    np.testing.assert_array_equal(np.sort(clf.classes_), np.unique(y))
+
+
+def test_grayscale_and_rgb_arrays_and_list_of_paths(bar_data, tmp_path):
+    images, labels = bar_data
+    rgb = np.repeat(images[..., None], 3, axis=3)
+    clf = tiny_classifier(joint_epochs=1).fit(images, labels)
+    # the same images as gray, as RGB and as files give the same outputs
+    np.testing.assert_allclose(clf.predict_proba(images), clf.predict_proba(rgb), atol=1e-6)
+    paths = write_pngs(str(tmp_path), images)
+    np.testing.assert_allclose(clf.predict_proba(images), clf.predict_proba(paths), atol=1e-6)
+    np.testing.assert_allclose(clf.predict_proba(images / 255.0),
+                               clf.predict_proba(images), atol=1e-6)
+
+
+def test_not_fitted():
+    with pytest.raises(NotFittedError):
+        ProtoPNetClassifier().predict(["x.png"])
+
+
+def _forbid_training(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("training started before the input was checked")
+
+    monkeypatch.setattr(classifier_module, "fit_stages", fail)
+
+
+def test_missing_file_is_named_before_training(bar_files, monkeypatch):
+    paths, labels = bar_files
+    _forbid_training(monkeypatch)
+    bad = list(paths)
+    bad[7] = os.path.join(os.path.dirname(paths[0]), "no-such-image.png")
+    with pytest.raises(FileNotFoundError, match="no-such-image.png"):
+        tiny_classifier().fit(bad, labels)
+
+
+def test_corrupt_file_is_named_before_training(bar_files, tmp_path, monkeypatch):
+    paths, labels = bar_files
+    _forbid_training(monkeypatch)
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
+    bad = list(paths)
+    bad[3] = str(corrupt)
+    with pytest.raises(OSError, match="corrupt.png"):
+        tiny_classifier().fit(bad, labels)
+
+
+@pytest.mark.parametrize(
+    "make_bad, error, match",
+    [
+        (lambda X, y: (X, y[:-1]), ValueError, "labels"),
+        (lambda X, y: (X, np.zeros_like(y)), ValueError, "single class"),
+        (lambda X, y: (X[:0], y[:0]), ValueError, "empty"),
+        (lambda X, y: (X[:, :, :, None, None], y), ValueError, "shape"),
+        (lambda X, y: (X.astype(float) * np.nan, y), ValueError, "NaN"),
+        (lambda X, y: (X.astype(float), y), ValueError, r"\[0, 1\]"),
+        (lambda X, y: ({"a": 1}, y), TypeError, "image paths"),
+        (lambda X, y: ("one/path.png", y), TypeError, "single path"),
+    ],
+)
+def test_bad_input_is_rejected_before_training(bar_data, monkeypatch, make_bad, error, match):
+    _forbid_training(monkeypatch)
+    X, y = make_bad(*bar_data)
+    with pytest.raises(error, match=match):
+        tiny_classifier().fit(X, y)
+
+
+def test_failed_refit_leaves_the_model_as_it_was(bar_files, tmp_path):
+    paths, labels = bar_files
+    clf = tiny_classifier(joint_epochs=1).fit(paths, labels)
+    state = dict(clf.__dict__)
+    proba = clf.predict_proba(paths)
+    weights = {k: v.clone() for k, v in clf.module_.state_dict().items()}
+    corrupt = tmp_path / "broken.jpg"
+    corrupt.write_bytes(b"not an image at all")
+    for bad in (list(paths[:-1]) + [str(tmp_path / "missing.png")],
+                list(paths[:-1]) + [str(corrupt)]):
+        with pytest.raises(OSError):
+            clf.fit(bad, labels)
+    with pytest.raises(ValueError):
+        clf.set_params(prototypes_per_class=4).fit(paths, np.zeros(len(paths)))
+    clf.set_params(prototypes_per_class=3)
+    assert clf.__dict__.keys() == state.keys()
+    assert all(clf.__dict__[k] is v for k, v in state.items() if k.endswith("_"))
+    for k, v in clf.module_.state_dict().items():
+        assert torch.equal(v, weights[k])
+    np.testing.assert_array_equal(clf.predict_proba(paths), proba)
+
+
+def test_verbose_output(bar_data, capsys):
+    images, labels = bar_data
+    tiny_classifier(joint_epochs=1, verbose=0).fit(images, labels)
+    assert capsys.readouterr().out == ""
+    tiny_classifier(joint_epochs=1, verbose=1).fit(images, labels)
+    out = capsys.readouterr().out
+    for word in ("warm epoch 1", "joint epoch 2", "push after epoch", "KKT residual"):
+        assert word in out
+
+
+def test_same_random_state_same_model(bar_data):
+    images, labels = bar_data
+    a = tiny_classifier(joint_epochs=1, augment=True).fit(images, labels)
+    b = tiny_classifier(joint_epochs=1, augment=True).fit(images, labels)
+    np.testing.assert_allclose(a.predict_proba(images), b.predict_proba(images), atol=1e-6)
+    c = tiny_classifier(joint_epochs=1, augment=True, random_state=1).fit(images, labels)
+    assert not np.allclose(a.coef_, c.coef_)
+
+
+def test_rng_state_of_the_caller_is_untouched(bar_data):
+    images, labels = bar_data
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    tiny_classifier(joint_epochs=1).fit(images, labels)
+    torch.testing.assert_close(torch.rand(3), expected)
+
+
+def test_cuda_request_without_cuda_is_a_clear_error(bar_data):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        tiny_classifier(device="cuda").fit(*bar_data)
+
+
+def test_joblib_round_trip(fitted, bar_files, tmp_path):
+    paths, _ = bar_files
+    joblib.dump(fitted, tmp_path / "m.joblib")
+    loaded = joblib.load(tmp_path / "m.joblib")
+    np.testing.assert_array_equal(loaded.predict_proba(paths), fitted.predict_proba(paths))
+
+
+def test_user_backbone_is_not_trained_in_place(bar_data):
+    from sklearn_protopnet.backbones import SmallCNN
+
+    backbone = SmallCNN(width=8)
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    tiny_classifier(backbone=backbone, joint_epochs=1).fit(*bar_data)
+    for k, v in backbone.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_validation_fraction_records_validation_metrics(bar_data):
+    clf = tiny_classifier(validation_fraction=0.25).fit(*bar_data)
+    epochs = [r for r in clf.history_ if r["stage"] in ("warm", "joint")]
+    assert all("valid_acc" in r and "valid_loss" in r for r in epochs)
+    # push and the last layer still see every sample
+    assert len(set(clf.prototype_source_index_)) >= 1
+    assert clf.history_[-1]["converged"]
+
+
+@pytest.mark.slow
+def test_accuracy_on_digit_files(tmp_path):
+    """Scikit-learn's digits as PNG files, a small CNN, a few epochs: >= 90%."""
+    from sklearn.model_selection import train_test_split
+
+    from sklearn_protopnet._demo import demo_classifier, write_digits
+
+    paths, labels = write_digits(str(tmp_path))
+    X_train, X_test, y_train, y_test = train_test_split(
+        paths, labels, test_size=0.25, stratify=labels, random_state=0
+    )
+    clf = demo_classifier(verbose=0).fit(X_train, y_train)
+    assert clf.score(X_test, y_test) >= 0.9
+

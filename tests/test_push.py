@@ -1,0 +1,56 @@
+"""Push: every prototype becomes its nearest latent patch of its own class."""
+
+import numpy as np
+import torch
+
+from sklearn_protopnet._images import ImageDataset, ImageSource
+from sklearn_protopnet._network import ProtoPNet
+from sklearn_protopnet._push import push_prototypes
+from sklearn_protopnet.backbones import SmallCNN
+
+from .conftest import make_bar_images
+
+
+def test_push_picks_the_nearest_own_class_patch():
+    images, labels = make_bar_images(6, size=16, seed=4)
+    rgb = np.repeat(images[..., None], 3, axis=3)
+    proto_class = torch.tensor([0, 0, 1, 1, 1])
+    net = ProtoPNet(SmallCNN(width=4), 16, proto_class, 2, prototype_dim=5).eval()
+    dataset = ImageDataset(ImageSource(array=rgb), (16, 16), y=labels)
+    with torch.no_grad():
+        z = net.latent(torch.from_numpy(rgb).permute(0, 3, 1, 2).contiguous())
+        before = net.prototypes.detach().clone()
+    # brute force: for each prototype, the closest patch among images of its class
+    expected = []
+    for j, k in enumerate(proto_class.tolist()):
+        best = None
+        for i in np.flatnonzero(labels == k):
+            for r in range(z.shape[2]):
+                for c in range(z.shape[3]):
+                    d = float(((z[i, :, r, c] - before[j]) ** 2).sum())
+                    if best is None or d < best[0]:
+                        best = (d, i, r, c)
+        expected.append(best)
+
+    result = push_prototypes(net, dataset, labels, batch_size=5, device="cpu")
+
+    for j, (d, i, r, c) in enumerate(expected):
+        assert result.source_index[j] == i
+        assert tuple(result.location[j]) == (r, c)
+        assert labels[result.source_index[j]] == proto_class[j].item()
+        torch.testing.assert_close(net.prototypes[j], z[i, :, r, c])
+        assert abs(result.distance[j] - d) < 1e-4
+
+
+def test_pushed_prototype_is_at_distance_zero_from_its_patch():
+    images, labels = make_bar_images(4, size=16, seed=5)
+    rgb = np.repeat(images[..., None], 3, axis=3)
+    net = ProtoPNet(SmallCNN(width=4), 16, torch.tensor([0, 1]), 2, prototype_dim=5).eval()
+    dataset = ImageDataset(ImageSource(array=rgb), (16, 16), y=labels)
+    result = push_prototypes(net, dataset, labels, batch_size=3, device="cpu")
+    x = torch.from_numpy(rgb).permute(0, 3, 1, 2).contiguous()
+    with torch.no_grad():
+        d = net.distance_map(net.latent(x))
+    for j in range(2):
+        i, (r, c) = result.source_index[j], result.location[j]
+        assert d[i, j, r, c].item() < 1e-5
