@@ -16,6 +16,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from ._backbones import build_backbone, probe_backbone
+from ._geometry import cell_geometry
 from ._images import ImageDataset, check_images, decode_all, make_augmentation
 from ._network import ProtoPNet
 from ._push import similarities
@@ -98,7 +99,8 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
     batch_size : int, default=32
     lr_backbone : float or "auto", default="auto"
         Adam learning rate of the backbone in the joint stage; "auto" is 1e-4
-        for pretrained weights and 1e-3 for a randomly initialised backbone.
+        (the reference's) for pretrained weights and 3e-4 for a randomly
+        initialised backbone.
     lr_add_on, lr_prototypes : float, default=3e-3
     weight_decay_add_on : float, default=1e-3
     joint_lr_step, joint_lr_gamma : int, float, default=5, 0.1
@@ -147,6 +149,13 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         projected onto.
     prototype_location_ : ndarray of shape (m, 2)
         (row, column) of that patch in the latent feature map.
+    image_size_ : (int, int)
+        (height, width) images are resized to.
+    feature_map_shape_ : (int, int)
+        (h, w) of the latent feature map.
+    cell_geometry_ : CellGeometry
+        Where each latent cell lies on the resized image (stride, offset,
+        receptive field), used for every box.
     history_ : list of dict
         One record per epoch (stage, losses, metrics, duration), per push and
         per last-layer solve (objective, KKT residual, iterations).
@@ -314,6 +323,7 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         t_start = time.perf_counter()
         built = build_backbone(self.backbone, self.weights)
         channels, h, w = probe_backbone(built.module, image_size)
+        geometry = cell_geometry(built.module, image_size, (h, w))
         n_classes = len(classes)
         prototype_class = torch.arange(n_classes).repeat_interleave(self.prototypes_per_class)
         module = ProtoPNet(
@@ -361,7 +371,7 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
 
         lr_backbone = self.lr_backbone
         if lr_backbone == "auto":
-            lr_backbone = 1e-4 if self.weights is not None else 1e-3
+            lr_backbone = 1e-4 if self.weights is not None else 3e-4
         config = TrainingConfig(
             warm_epochs=self.warm_epochs,
             joint_epochs=self.joint_epochs,
@@ -397,6 +407,7 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
             "history_": config.history,
             "image_size_": image_size,
             "feature_map_shape_": (h, w),
+            "cell_geometry_": geometry,
         }
 
     # ------------------------------------------------------------ inference

@@ -20,7 +20,7 @@ from skorch.helper import predefined_split
 
 from ._last_layer import solve_last_layer
 from ._network import off_class_l1, prototype_losses
-from ._push import push_prototypes, similarities
+from ._push import iterate_batches, push_prototypes, similarities
 
 _BATCH_METRICS = ("ce", "cluster", "separation", "l1", "acc")
 
@@ -163,6 +163,7 @@ def fit_stages(module, dataset, train_dataset, valid_dataset, y_enc, config, dev
     pushes = set(push_epochs(config.warm_epochs, config.joint_epochs,
                              config.push_start, config.push_interval))
     net.initialize()
+    calibrate_batchnorm(module, dataset, config, device, log)
     if config.prototype_init == "patches":
         push_prototypes(module, dataset, y_enc, config.batch_size, device, config.num_workers)
     stage = None
@@ -187,6 +188,55 @@ def fit_stages(module, dataset, train_dataset, valid_dataset, y_enc, config, dev
     if total == 0:
         result = push_and_last_layer(module, dataset, y_enc, config, device, log, 0)
     return result
+
+
+def _uncalibrated_batchnorms(module: torch.nn.Module) -> list:
+    """BatchNorm layers whose running statistics are still at their initial
+    values (mean 0, variance 1): they have never seen data."""
+    found = []
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm) and layer.track_running_stats:
+            if torch.all(layer.running_mean == 0) and torch.all(layer.running_var == 1):
+                found.append(layer)
+    return found
+
+
+@torch.no_grad()
+def calibrate_batchnorm(module, dataset, config, device, log) -> None:
+    """Give never-trained BatchNorm layers of the backbone real statistics.
+
+    A randomly initialised backbone is frozen, in eval mode, during warm-up;
+    its BatchNorm layers would normalise with mean 0 and variance 1, and the
+    switch to batch statistics at the start of the joint stage would change
+    every feature at once. One pass over the training images (no gradient, no
+    augmentation) with a cumulative average gives them the data's statistics
+    first. Layers that already hold statistics (pretrained weights) are left
+    alone.
+    """
+    layers = _uncalibrated_batchnorms(module.backbone)
+    if not layers:
+        return
+    t0 = time.perf_counter()
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # cumulative average over the pass
+    module.eval()
+    for layer in layers:
+        layer.train()
+    try:
+        for _, images, _ in iterate_batches(dataset, config.batch_size, device,
+                                            config.num_workers):
+            module.backbone(module.normalise(images))
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+        module.eval()
+    dur = time.perf_counter() - t0
+    config.history.append({"stage": "batchnorm_calibration", "epoch": 0,
+                           "layers": len(layers), "dur": dur})
+    log(f"[batchnorm] {len(layers)} untrained BatchNorm layers calibrated on the "
+        f"training images in {dur:.1f}s")
 
 
 def push_and_last_layer(module, dataset, y_enc, config, device, log, epoch):

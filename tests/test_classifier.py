@@ -48,7 +48,7 @@ def test_fitted_attributes_are_consistent(fitted, bar_files):
                                   fitted.prototype_class_)
     assert all(p.device.type == "cpu" for p in fitted.module_.parameters())
     stages = [r["stage"] for r in fitted.history_]
-    assert stages[0] == "warm" and "joint" in stages
+    assert stages[:2] == ["batchnorm_calibration", "warm"] and "joint" in stages
     assert stages[-2:] == ["push", "last_layer"]
     assert fitted.history_[-1]["kkt_residual"] <= fitted.last_layer_tol
 
@@ -262,3 +262,26 @@ def test_accuracy_on_digit_files(tmp_path):
     clf = demo_classifier(verbose=0).fit(X_train, y_train)
     assert clf.score(X_test, y_test) >= 0.9
 
+
+
+def test_untrained_batchnorm_is_calibrated_and_trained_batchnorm_left_alone(bar_data):
+    from sklearn_protopnet._training import _uncalibrated_batchnorms
+    from sklearn_protopnet.backbones import SmallCNN
+
+    images, labels = bar_data
+    fresh = SmallCNN(width=8)
+    assert len(_uncalibrated_batchnorms(fresh)) == 3
+    clf = tiny_classifier(backbone=fresh, warm_epochs=1, joint_epochs=0).fit(images, labels)
+    bns = [m for m in clf.module_.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    # warm-up only: the backbone never trained, yet its statistics are the data's
+    assert not _uncalibrated_batchnorms(clf.module_.backbone)
+    assert all(bn.running_var.mean() != 1 for bn in bns)
+
+    pretrained = SmallCNN(width=8)
+    for bn in (m for m in pretrained.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.running_mean.fill_(0.25)
+        bn.running_var.fill_(2.0)
+    clf = tiny_classifier(backbone=pretrained, warm_epochs=1, joint_epochs=0).fit(images, labels)
+    for bn in (m for m in clf.module_.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        assert torch.all(bn.running_mean == 0.25) and torch.all(bn.running_var == 2.0)
+    assert "batchnorm_calibration" not in [r["stage"] for r in clf.history_]
