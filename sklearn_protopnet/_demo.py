@@ -32,11 +32,18 @@ def write_digits(out_dir: str, size: int = DEMO_IMAGE_SIZE) -> tuple[list[str], 
 
 def demo_classifier(random_state: int = 0, verbose: int = 1):
     """The demo's estimator: a small CNN on 32 px images, a few minutes on a CPU."""
+    import torch
+
     from ._classifier import ProtoPNetClassifier
     from .backbones import SmallCNN
 
+    # A module backbone keeps the weights it is given: seed its construction
+    # (without touching the caller's RNG) so that the demo is reproducible.
+    with torch.random.fork_rng():
+        torch.manual_seed(random_state)
+        backbone = SmallCNN(width=32)
     return ProtoPNetClassifier(
-        backbone=SmallCNN(width=32),
+        backbone=backbone,
         image_size=DEMO_IMAGE_SIZE,
         prototypes_per_class=10,
         prototype_dim=64,
