@@ -20,6 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# Iterations between two evaluations of the KKT residual.
+_CHECK_EVERY = 5
+
 
 @dataclass
 class LastLayerResult:
@@ -30,23 +33,21 @@ class LastLayerResult:
     converged: bool
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    logits = logits - logits.max(axis=1, keepdims=True)
-    np.exp(logits, out=logits)
-    logits /= logits.sum(axis=1, keepdims=True)
-    return logits
+def _value(W, S, Y, l2, want_proba=False):
+    """mean CE + (l2/2)|W|^2 at W, and the softmax probabilities if asked."""
+    logits = S @ W.T
+    logits -= logits.max(axis=1, keepdims=True)
+    E = np.exp(logits)
+    z = E.sum(axis=1)
+    ce = float((np.log(z) - (logits * Y).sum(axis=1)).mean())
+    value = ce + 0.5 * l2 * float((W * W).sum())
+    return (value, E / z[:, None]) if want_proba else (value, None)
 
 
 def _smooth(W, S, Y, l2):
     """Value and gradient of mean CE + (l2/2)|W|^2."""
-    logits = S @ W.T
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    log_z = np.log(np.exp(shifted).sum(axis=1))
-    n = S.shape[0]
-    ce = float((log_z - (shifted * Y).sum(axis=1)).mean())
-    P = _softmax(logits)
-    grad = (P - Y).T @ S / n + l2 * W
-    return ce + 0.5 * l2 * float((W * W).sum()), grad
+    value, P = _value(W, S, Y, l2, want_proba=True)
+    return value, (P - Y).T @ S / S.shape[0] + l2 * W
 
 
 def kkt_residual(W, grad, off, l1) -> float:
@@ -117,7 +118,7 @@ def solve_last_layer(
         while True:
             W_next = prox(V - grad_v / lipschitz, 1.0 / lipschitz)
             diff = W_next - V
-            f_next, grad_next = _smooth(W_next, S, Y, l2)
+            f_next, _ = _value(W_next, S, Y, l2)
             bound = f_v + np.sum(grad_v * diff) + 0.5 * lipschitz * np.sum(diff * diff)
             if f_next <= bound + 1e-12 * abs(f_v) or lipschitz >= l_max:
                 break
@@ -126,13 +127,19 @@ def solve_last_layer(
         # when the objective goes up.
         F_next = f_next + l1 * float(np.abs(W_next[off]).sum())
         F_prev = value + l1 * float(np.abs(W[off]).sum())
-        if F_next > F_prev:
+        # From V = W a backtracked proximal step cannot go up but by rounding,
+        # so it is taken: restarting again would repeat it forever.
+        if F_next > F_prev and V is not W:
             t = 1.0
             V = W
             continue
         t_next = 0.5 * (1.0 + np.sqrt(1.0 + 4.0 * t * t))
         V = W_next + ((t - 1.0) / t_next) * (W_next - W)
-        W, t, value, grad = W_next, t_next, f_next, grad_next
-        residual = kkt_residual(W, grad, off, l1)
+        W, t, value = W_next, t_next, f_next
+        # The optimality check needs the gradient at W: one more product
+        # with S, so it is done every few iterations.
+        if it % _CHECK_EVERY == 0 or it >= max_iter:
+            _, grad = _smooth(W, S, Y, l2)
+            residual = kkt_residual(W, grad, off, l1)
     value += l1 * float(np.abs(W[off]).sum())
     return LastLayerResult(W, residual, value, it, residual <= tol)
