@@ -16,6 +16,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from ._backbones import build_backbone, probe_backbone
+from ._checkpoint import Checkpoint, training_identity
 from ._geometry import cell_geometry
 from ._images import ImageDataset, check_images, decode_all, make_augmentation
 from ._network import ProtoPNet
@@ -130,6 +131,15 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         image is decoded once per fit, beyond it images are streamed.
     num_workers : int, default=0
         DataLoader worker processes for decoding and augmentation.
+    checkpoint_dir : None, str or path, default=None
+        When set, the training state (network, optimiser, schedule position,
+        push results, history, RNG states) is written atomically to
+        ``checkpoint_dir/protopnet-checkpoint.pt`` after every epoch and every
+        push and last-layer step. A ``fit`` with the same parameters and data
+        resumes after the last completed step and ends with the model an
+        uninterrupted fit gives (on the CPU); a checkpoint written by a fit
+        with other parameters or data is refused with an error. The file is
+        deleted when ``fit`` succeeds.
     device : str or torch.device, default="auto"
         "auto" uses CUDA when available, else the CPU. Fitted state always
         lives on the CPU.
@@ -207,6 +217,7 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         "validation_fraction": [None, Interval(numbers.Real, 0, 1, closed="neither")],
         "memory_budget": [Interval(numbers.Integral, 0, None, closed="left")],
         "num_workers": [Interval(numbers.Integral, 0, None, closed="left")],
+        "checkpoint_dir": [None, str, os.PathLike],
         "device": [str, torch.device],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -243,6 +254,7 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         validation_fraction=None,
         memory_budget=_DEFAULT_MEMORY_BUDGET,
         num_workers=0,
+        checkpoint_dir=None,
         device="auto",
         random_state=None,
         verbose=0,
@@ -276,6 +288,7 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         self.validation_fraction = validation_fraction
         self.memory_budget = memory_budget
         self.num_workers = num_workers
+        self.checkpoint_dir = checkpoint_dir
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -312,14 +325,26 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
             seed = int(check_random_state(self.random_state).randint(0, 2**31 - 1))
         log = print if self.verbose else (lambda *a, **k: None)
 
+        checkpoint = None
+        if self.checkpoint_dir is not None:
+            identity = training_identity(self.get_params(deep=False), source,
+                                         encoder.classes_, y_enc)
+            checkpoint = Checkpoint(self.checkpoint_dir, identity).load()
+            if checkpoint.seed is None:
+                checkpoint.seed = seed
+            seed = checkpoint.seed  # a resumed fit continues the interrupted one's stream
+
         cuda_devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda_devices):
             torch.manual_seed(seed)
-            state = self._fit(source, y_enc, encoder.classes_, image_size, device, seed, log)
+            state = self._fit(source, y_enc, encoder.classes_, image_size, device, seed, log,
+                              checkpoint)
         self.__dict__.update(state)
+        if checkpoint is not None:
+            checkpoint.remove()
         return self
 
-    def _fit(self, source, y_enc, classes, image_size, device, seed, log):
+    def _fit(self, source, y_enc, classes, image_size, device, seed, log, checkpoint=None):
         t_start = time.perf_counter()
         built = build_backbone(self.backbone, self.weights)
         channels, h, w = probe_backbone(built.module, image_size)
@@ -395,7 +420,7 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
             prototype_init=self.prototype_init,
         )
         push = fit_stages(module, dataset, train_dataset, valid_dataset, y_enc, config,
-                          device, log)
+                          device, log, checkpoint=checkpoint)
         module.set_trainable(backbone=False, add_on=False, prototypes=False)
         module.cpu().eval()
         log(f"[done] fit in {time.perf_counter() - t_start:.1f}s")

@@ -9,6 +9,7 @@ the step-decay schedule. Push and the convex last layer run between epochs.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 
@@ -18,9 +19,10 @@ from skorch import NeuralNet
 from skorch.callbacks import Callback, PassthroughScoring
 from skorch.helper import predefined_split
 
+from ._checkpoint import get_rng_states, set_rng_states
 from ._last_layer import solve_last_layer
 from ._network import off_class_l1, prototype_losses
-from ._push import iterate_batches, push_prototypes, similarities
+from ._push import PushResult, iterate_batches, push_prototypes, similarities
 
 _BATCH_METRICS = ("ce", "cluster", "separation", "l1", "acc")
 
@@ -114,8 +116,14 @@ def push_epochs(warm_epochs: int, joint_epochs: int, start: int, interval: int) 
     return [e for e in scheduled if e > 0] + [total]
 
 
-def fit_stages(module, dataset, train_dataset, valid_dataset, y_enc, config, device, log):
-    """Train ``module`` in place; return the push result of the final push."""
+def fit_stages(module, dataset, train_dataset, valid_dataset, y_enc, config, device, log,
+               checkpoint=None):
+    """Train ``module`` in place; return the push result of the final push.
+
+    With a :class:`~._checkpoint.Checkpoint`, the training state is saved
+    after every step (see :func:`training_steps`), and a checkpoint holding a
+    state resumes after its last completed step.
+    """
     decay = StepDecay(config.joint_lr_step, config.joint_lr_gamma)
     callbacks = [("step_decay", decay)]
     for prefix, on_train in (("train_", True), ("valid_", False)):
@@ -158,36 +166,138 @@ def fit_stages(module, dataset, train_dataset, valid_dataset, y_enc, config, dev
         l1_coef=config.last_layer_l1,
         verbose=0,
     )
-    history = config.history
-    total = config.warm_epochs + config.joint_epochs
     pushes = set(push_epochs(config.warm_epochs, config.joint_epochs,
                              config.push_start, config.push_interval))
+    steps = training_steps(config.warm_epochs + config.joint_epochs, pushes)
     net.initialize()
-    calibrate_batchnorm(module, dataset, config, device, log)
-    if config.prototype_init == "patches":
-        push_prototypes(module, dataset, y_enc, config.batch_size, device, config.num_workers)
-    stage = None
-    result = None
+    loop = _Loop(module, net, decay)
+    first = 0
+    if checkpoint is not None and checkpoint.state is not None:
+        first = loop.restore(checkpoint.state, config, log)
+    for index in range(first, len(steps)):
+        epoch, kind = steps[index]
+        loop.run(kind, epoch, dataset, train_dataset, y_enc, config, device, log)
+        if checkpoint is not None:
+            checkpoint.save(loop.state(index, config))
+    return loop.result
+
+
+def training_steps(total: int, pushes: set) -> list[tuple[int, str]]:
+    """The fit as a list of ``(epoch, kind)`` steps; a checkpoint follows each.
+
+    ``init`` is the BatchNorm calibration and the prototype initialisation
+    (before epoch 1), ``sgd`` one epoch, ``push`` and ``last_layer`` the two
+    halves of a projection cycle.
+    """
+    steps = [(0, "init")]
     for epoch in range(1, total + 1):
-        new_stage = "warm" if epoch <= config.warm_epochs else "joint"
-        if new_stage != stage:
-            stage = new_stage
-            joint = stage == "joint"
-            module.set_trainable(backbone=joint, add_on=True, prototypes=True)
-            net.initialize_optimizer()  # a fresh Adam per stage, as in the reference
-            decay.decay = joint
-            stage_start = epoch
-        decay.stage_epoch = epoch - stage_start
-        net.partial_fit(train_dataset, y=None)
-        record = {k: v for k, v in net.history[-1].items() if k != "batches"}
-        record.update(stage=stage, epoch=epoch)
-        history.append(record)
-        log(_format_epoch(record, total))
+        steps.append((epoch, "sgd"))
         if epoch in pushes:
-            result = push_and_last_layer(module, dataset, y_enc, config, device, log, epoch)
+            steps += [(epoch, "push"), (epoch, "last_layer")]
     if total == 0:
-        result = push_and_last_layer(module, dataset, y_enc, config, device, log, 0)
-    return result
+        steps += [(0, "push"), (0, "last_layer")]
+    return steps
+
+
+class _Loop:
+    """The mutable state of the staged loop, and its checkpoint image.
+
+    Everything the rest of the fit depends on is here or in the module: the
+    stage and where it started (the step-decay position), the optimiser of the
+    current stage, the last push result, the history and the RNG states.
+    """
+
+    def __init__(self, module, net, decay):
+        self.module = module
+        self.net = net
+        self.decay = decay
+        self.stage = None
+        self.stage_start = 0
+        self.result = None
+
+    def _enter_stage(self, stage: str, stage_start: int) -> None:
+        self.stage = stage
+        self.stage_start = stage_start
+        joint = stage == "joint"
+        self.module.set_trainable(backbone=joint, add_on=True, prototypes=True)
+        self.net.initialize_optimizer()  # a fresh Adam per stage, as in the reference
+        self.decay.decay = joint
+
+    def run(self, kind, epoch, dataset, train_dataset, y_enc, config, device, log):
+        module = self.module
+        if kind == "init":
+            calibrate_batchnorm(module, dataset, config, device, log)
+            if config.prototype_init == "patches":
+                push_prototypes(module, dataset, y_enc, config.batch_size, device,
+                                config.num_workers)
+        elif kind == "sgd":
+            stage = "warm" if epoch <= config.warm_epochs else "joint"
+            if stage != self.stage:
+                self._enter_stage(stage, epoch)
+            self.decay.stage_epoch = epoch - self.stage_start
+            self.net.partial_fit(train_dataset, y=None)
+            record = {k: v for k, v in self.net.history[-1].items() if k != "batches"}
+            record.update(stage=stage, epoch=epoch)
+            config.history.append(record)
+            log(_format_epoch(record, config.warm_epochs + config.joint_epochs))
+        elif kind == "push":
+            self.result = push_step(module, dataset, y_enc, config, device, log, epoch)
+        elif kind == "last_layer":
+            fit_last_layer(module, dataset, y_enc, config, device, log, epoch)
+        else:  # pragma: no cover - the step list is built above
+            raise ValueError(f"unknown training step {kind!r}")
+
+    def state(self, index: int, config) -> dict:
+        """What a resumed fit needs to continue after step ``index``."""
+        result = self.result
+        return {
+            "step": index,
+            "stage": self.stage,
+            "stage_start": self.stage_start,
+            "module": {k: v.detach().cpu().clone() for k, v in
+                       self.module.state_dict().items()},
+            "optimizer": (self.net.optimizer_.state_dict() if self.stage is not None
+                          else None),
+            "push": None if result is None else {
+                "source_index": torch.from_numpy(result.source_index),
+                "location": torch.from_numpy(result.location),
+                "distance": torch.from_numpy(result.distance),
+            },
+            "history": json.dumps(_plain(config.history)),
+            "rng": get_rng_states(),
+        }
+
+    def restore(self, state: dict, config, log) -> int:
+        """Load a checkpointed state; return the index of the next step."""
+        self.module.load_state_dict(state["module"])
+        if state["stage"] is not None:
+            self._enter_stage(state["stage"], int(state["stage_start"]))
+            self.net.optimizer_.load_state_dict(state["optimizer"])
+        if state["push"] is not None:
+            self.result = PushResult(state["push"]["source_index"].numpy().copy(),
+                                     state["push"]["location"].numpy().copy(),
+                                     state["push"]["distance"].numpy().copy())
+        config.history[:] = json.loads(state["history"])
+        step = int(state["step"])
+        last_epoch = max([r["epoch"] for r in config.history if r.get("stage") in
+                          ("warm", "joint")], default=0)
+        config.history.append({"stage": "resume", "epoch": last_epoch, "step": step})
+        log(f"[resume] from the checkpoint after step {step} (epoch {last_epoch})")
+        set_rng_states(state["rng"])  # last: nothing above may draw random numbers after
+        return step + 1
+
+
+def _plain(value):
+    """History records as plain JSON values (numpy scalars become Python ones)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    return value
 
 
 def _uncalibrated_batchnorms(module: torch.nn.Module) -> list:
@@ -241,6 +351,13 @@ def calibrate_batchnorm(module, dataset, config, device, log) -> None:
 
 def push_and_last_layer(module, dataset, y_enc, config, device, log, epoch):
     """One push, then the convex last layer on the pushed prototypes."""
+    result = push_step(module, dataset, y_enc, config, device, log, epoch)
+    fit_last_layer(module, dataset, y_enc, config, device, log, epoch)
+    return result
+
+
+def push_step(module, dataset, y_enc, config, device, log, epoch):
+    """Project the prototypes and record it in the history."""
     t0 = time.perf_counter()
     result = push_prototypes(module, dataset, y_enc, config.batch_size, device,
                              config.num_workers)
@@ -251,7 +368,6 @@ def push_and_last_layer(module, dataset, y_enc, config, device, log, epoch):
     )
     log(f"[push after epoch {epoch}] {module.n_prototypes} prototypes projected "
         f"(mean squared distance moved {result.distance.mean():.4f}) in {t1 - t0:.1f}s")
-    fit_last_layer(module, dataset, y_enc, config, device, log, epoch)
     return result
 
 
