@@ -435,6 +435,57 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
             "cell_geometry_": geometry,
         }
 
+    # ---------------------------------------------------------- conventions
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # X is a sequence of image paths (strings) or an (n, H, W[, C]) image
+        # array; a tabular (n_samples, n_features) matrix is not an image set.
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        tags.input_tags.string = True
+        tags.input_tags.allow_nan = False
+        tags.non_deterministic = False
+        return tags
+
+    # ---------------------------------------------------------- persistence
+    def save(self, path) -> None:
+        """Write the fitted model to a single file, without pickle.
+
+        A zip archive holding the parameters and metadata as JSON and the
+        tensors as a ``torch.save`` dict read back with
+        ``torch.load(weights_only=True)``; see ``docs/scikit-learn.md``.
+
+        Parameters
+        ----------
+        path : str or path
+            The file to write (replaced atomically if it exists).
+        """
+        from ._persistence import save
+
+        save(self, path)
+
+    @classmethod
+    def load(cls, path, backbone=None) -> ProtoPNetClassifier:
+        """Read a model written by :meth:`save`; never runs code from the file.
+
+        Parameters
+        ----------
+        path : str or path
+        backbone : torch.nn.Module or None, default=None
+            Needed only when the model was fitted with a backbone module other
+            than a torchvision name or one of ``sklearn_protopnet.backbones``:
+            an instance of the same architecture; its weights are replaced by
+            the saved ones.
+
+        Returns
+        -------
+        ProtoPNetClassifier
+            The fitted model, on the CPU.
+        """
+        from ._persistence import load
+
+        return load(cls, path, backbone=backbone)
+
     # ------------------------------------------------------------ inference
     @property
     def coef_(self) -> np.ndarray:
