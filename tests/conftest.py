@@ -13,7 +13,10 @@ from PIL import Image
 from sklearn_protopnet import ProtoPNetClassifier
 from sklearn_protopnet.backbones import SmallCNN
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One intra-op thread: the suite runs on small tensors, where a second thread
+# only adds synchronisation, and on a shared machine OpenMP threads that wait
+# for a busy core make tiny fits tens of times slower.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
