@@ -146,7 +146,7 @@ def test_two_fits_with_one_random_state_give_identical_probabilities(small_files
      ("image_size", (16,)), ("image_size", (16, "a")), ("image_size", (16, 4)),
      ("image_size", True), ("add_on", "wide"), ("similarity", "cosine"), ("batch_size", 0),
      ("joint_lr_gamma", 0.0), ("lr_backbone", "fast"), ("validation_fraction", 1.0),
-     ("checkpoint_dir", 3), ("device", 0), ("augment", "yes"), ("backbone", 3),
+     ("checkpoint_dir", 3), ("device", 0), ("device", "gpu"), ("augment", "yes"), ("backbone", 3),
      ("last_layer_tol", 0.0), ("memory_budget", -1), ("warm_epochs", -1)],
 )
 def test_bad_hyperparameter_fails_at_fit_naming_it(bar_data, monkeypatch, param, value):
