@@ -17,6 +17,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from ._backbones import build_backbone, probe_backbone
 from ._checkpoint import Checkpoint, training_identity
+from ._explain import prototype_parts
 from ._geometry import cell_geometry
 from ._images import ImageDataset, check_images, decode_all, make_augmentation
 from ._network import ProtoPNet
@@ -149,6 +150,10 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
     random_state : int, RandomState instance or None, default=None
     verbose : int, default=0
         1 prints each epoch's losses and the push and last-layer timings.
+    box_percentile : float, default=95.0
+        The box of a prototype (at the end of ``fit``) and of an evidence item
+        (in ``explain``) is the smallest rectangle holding every pixel at or
+        above this percentile of the upsampled similarity map.
 
     Attributes
     ----------
@@ -174,6 +179,17 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         per last-layer solve (objective, KKT residual, iterations).
     module_ : ProtoPNet
         The fitted network, on the CPU.
+    prototype_source_path_ : list of str or None
+        Path of each prototype's source image (None for array input).
+    prototype_box_ : ndarray of shape (m, 4)
+        (x0, y0, x1, y1), end-exclusive, of each prototype in its source
+        image's original pixels (the box rule, ``box_percentile``).
+    prototype_crop_ : list of m uint8 arrays (h, w, 3)
+        The image inside each box, at most 128 px a side.
+    prototype_source_thumbnail_ : list of m uint8 arrays (h, w, 3)
+        Each whole source image, at most 160 px a side.
+    prototype_source_size_ : ndarray of shape (m, 2)
+        Original (width, height) of each source image.
 
     Examples
     --------
@@ -224,6 +240,7 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         "device": [str, torch.device],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
+        "box_percentile": [Interval(numbers.Real, 0, 100, closed="both")],
     }
 
     def __init__(
@@ -261,6 +278,7 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         device="auto",
         random_state=None,
         verbose=0,
+        box_percentile=95.0,
     ):
         self.backbone = backbone
         self.weights = weights
@@ -295,6 +313,7 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
+        self.box_percentile = box_percentile
 
     # ------------------------------------------------------------------ fit
     @_fit_context(prefer_skip_nested_validation=True)
@@ -426,8 +445,10 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
                           device, log, checkpoint=checkpoint)
         module.set_trainable(backbone=False, add_on=False, prototypes=False)
         module.cpu().eval()
+        parts = prototype_parts(module, source, push.source_index, geometry, image_size,
+                                self.box_percentile, self.batch_size, cache=cache)
         log(f"[done] fit in {time.perf_counter() - t_start:.1f}s")
-        return {
+        return parts | {
             "classes_": classes,
             "module_": module,
             "prototype_source_index_": push.source_index.copy(),
@@ -548,3 +569,86 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         """Fit, then return the similarities of X (no augmentation)."""
         return self.fit(X, y, **fit_params).transform(X)
 
+
+    # -------------------------------------------------------- explanations
+    def explain(self, X, top_k=10, classes="predicted", box_percentile=None) -> list:
+        """Explain the logits of each image of X, prototype by prototype.
+
+        Parameters
+        ----------
+        X : image paths or image array
+        top_k : int or None, default=10
+            Evidence items kept per class, by contribution; None keeps every
+            prototype, and then the contributions add up to the logit.
+        classes : "predicted", "all", a label or a list of labels, default="predicted"
+            The classes whose evidence is listed; the first is
+            ``Explanation.evidence`` ("all" starts with the predicted class).
+        box_percentile : float, default=None
+            The box rule's percentile; None uses ``self.box_percentile``.
+
+        Returns
+        -------
+        list of Explanation
+            One per image; see :class:`sklearn_protopnet.Explanation`.
+        """
+        check_is_fitted(self, "module_")
+        from ._explain import explain
+
+        return explain(self, X, top_k=top_k, classes=classes, box_percentile=box_percentile)
+
+    def nearest_patches(self, X, k=6):
+        """Each prototype's k nearest patches in X, one per image.
+
+        Returns
+        -------
+        NearestPatches
+            ``index`` (m, k) into X, ``distance`` (m, k) squared latent
+            distances, ascending, ``location`` (m, k, 2) latent cells.
+        """
+        check_is_fitted(self, "module_")
+        from ._prune import nearest_patches
+
+        return nearest_patches(self, X, k=k)
+
+    def prune(self, X, y, k=6, min_own=3):
+        """Merge duplicate prototypes, drop impure ones, re-solve the last layer.
+
+        Prototypes projected onto the same patch are merged into one whose
+        weights are the sum of theirs (no logit changes). Then a prototype is
+        removed when fewer than ``min_own`` of its ``k`` nearest patches in X
+        (one per image) come from images of its own class (paper, S8). The
+        last layer is solved again on the similarities of X. Every
+        per-prototype attribute follows; the estimator is unchanged on error.
+
+        Returns
+        -------
+        self
+        """
+        check_is_fitted(self, "module_")
+        from ._prune import prune
+
+        self.__dict__.update(prune(self, X, y, k=k, min_own=min_own))
+        return self
+
+    def prototype_gallery(self, path=None):
+        """Every prototype, grouped by class, with its source, as a PIL image.
+
+        Saved as PNG to ``path`` when given.
+        """
+        check_is_fitted(self, "module_")
+        from ._render import prototype_gallery
+
+        image = prototype_gallery(self)
+        if path is not None:
+            image.save(path, format="PNG")
+        return image
+
+    def report(self, X, path, top_k=5) -> str:
+        """Write a self-contained HTML report: the gallery and X's explanations.
+
+        Returns the path written.
+        """
+        check_is_fitted(self, "module_")
+        from ._report import write_report
+
+        return write_report(self, X, path, top_k=top_k)

@@ -1,9 +1,12 @@
-"""The ``protopnet`` console command."""
+"""The ``protopnet`` console command: demo, fit, predict, explain."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -14,12 +17,135 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
         "demo",
-        help="write scikit-learn's digits as PNG files, fit on their paths, report accuracy",
+        help="write scikit-learn's digits as PNG files, fit on their paths, report accuracy, "
+             "and write the prototype gallery, a few scoring sheets and an HTML report",
     )
     demo.add_argument("--out", default="protopnet-demo",
                       help="output folder (default: ./protopnet-demo)")
     demo.add_argument("--quiet", action="store_true", help="do not print training progress")
+
+    fit = sub.add_parser("fit", help="fit on DIR/<class>/<image> and save the model")
+    fit.add_argument("dir", help="a folder with one sub-folder of images per class")
+    fit.add_argument("--out", default="protopnet-model.joblib",
+                     help="where to save the model (default: ./protopnet-model.joblib)")
+    fit.add_argument("--backbone", default="resnet18",
+                     help="torchvision backbone name, or 'small' for a small CNN "
+                          "(default: resnet18)")
+    fit.add_argument("--weights", default=None,
+                     help="torchvision weights name (e.g. DEFAULT) or a state_dict file")
+    fit.add_argument("--image-size", type=int, default=224)
+    fit.add_argument("--prototypes-per-class", type=int, default=10)
+    fit.add_argument("--prototype-dim", type=int, default=128)
+    fit.add_argument("--warm-epochs", type=int, default=5)
+    fit.add_argument("--joint-epochs", type=int, default=20)
+    fit.add_argument("--push-start", type=int, default=10)
+    fit.add_argument("--push-interval", type=int, default=10)
+    fit.add_argument("--batch-size", type=int, default=32)
+    fit.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    fit.add_argument("--device", default="auto")
+    fit.add_argument("--random-state", type=int, default=0)
+    fit.add_argument("--quiet", action="store_true", help="do not print training progress")
+
+    predict = sub.add_parser("predict", help="print 'path<TAB>label<TAB>probability' per image")
+    predict.add_argument("model", help="a model saved by 'protopnet fit'")
+    predict.add_argument("images", nargs="+", help="image files")
+
+    explain = sub.add_parser("explain", help="write scoring sheets and an HTML report")
+    explain.add_argument("model", help="a model saved by 'protopnet fit'")
+    explain.add_argument("images", nargs="+", help="image files")
+    explain.add_argument("--out", default="protopnet-explanations",
+                         help="output folder (default: ./protopnet-explanations)")
+    explain.add_argument("--top-k", type=int, default=5,
+                         help="evidence items per class on a sheet (default: 5)")
     return parser
+
+
+def folder_dataset(folder: str) -> tuple[list[str], list[str]]:
+    """(paths, labels) of the images in ``folder/<label>/``, sorted."""
+    if not os.path.isdir(folder):
+        raise SystemExit(f"protopnet fit: not a folder: {folder!r}")
+    paths, labels = [], []
+    for label in sorted(os.listdir(folder)):
+        sub = os.path.join(folder, label)
+        if not os.path.isdir(sub):
+            continue
+        for name in sorted(os.listdir(sub)):
+            if name.lower().endswith(IMAGE_SUFFIXES):
+                paths.append(os.path.join(sub, name))
+                labels.append(label)
+    if len(set(labels)) < 2:
+        raise SystemExit(
+            f"protopnet fit: {folder!r} must hold one sub-folder of images per class, at "
+            f"least two; found {len(set(labels))} with images"
+        )
+    return paths, labels
+
+
+def _fit(args) -> None:
+    import joblib
+
+    from ._classifier import ProtoPNetClassifier
+
+    paths, labels = folder_dataset(args.dir)
+    backbone = args.backbone
+    if backbone == "small":
+        from .backbones import SmallCNN
+
+        backbone = SmallCNN()
+    clf = ProtoPNetClassifier(
+        backbone=backbone, weights=args.weights, image_size=args.image_size,
+        prototypes_per_class=args.prototypes_per_class, prototype_dim=args.prototype_dim,
+        warm_epochs=args.warm_epochs, joint_epochs=args.joint_epochs,
+        push_start=args.push_start, push_interval=args.push_interval,
+        batch_size=args.batch_size, augment=not args.no_augment, device=args.device,
+        random_state=args.random_state, verbose=0 if args.quiet else 1,
+    )
+    print(f"fitting on {len(paths)} images of {len(set(labels))} classes from {args.dir}")
+    clf.fit(paths, labels)
+    folder = os.path.dirname(args.out)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    joblib.dump(clf, args.out)
+    print(f"model saved to {args.out}")
+
+
+def _load(path: str):
+    import joblib
+
+    if not os.path.isfile(path):
+        raise SystemExit(f"protopnet: model file not found: {path!r}")
+    return joblib.load(path)
+
+
+def _predict(args) -> None:
+    clf = _load(args.model)
+    proba = clf.predict_proba(args.images)
+    for path, p in zip(args.images, proba):
+        k = int(p.argmax())
+        print(f"{path}\t{clf.classes_[k]}\t{p[k]:.4f}")
+
+
+def _explain(args) -> None:
+    from ._report import report_html
+
+    clf = _load(args.model)
+    os.makedirs(args.out, exist_ok=True)
+    explanations = clf.explain(args.images, top_k=args.top_k)
+    used = set()
+    for explanation in explanations:
+        stem = os.path.splitext(os.path.basename(explanation.name))[0] or "image"
+        name, n = stem, 1
+        while name in used:  # the same file name in two folders
+            n += 1
+            name = f"{stem}-{n}"
+        used.add(name)
+        sheet = os.path.join(args.out, f"{name}.png")
+        explanation.save(sheet)
+        print(f"{explanation.name}\t{explanation.predicted}\t{sheet}")
+    report = os.path.join(args.out, "report.html")
+    with open(report, "w", encoding="utf-8") as f:
+        f.write(report_html(clf, explanations))
+    print(f"report written to {report}")
 
 
 def main(argv=None) -> int:
@@ -28,6 +154,12 @@ def main(argv=None) -> int:
         from ._demo import run_demo
 
         run_demo(args.out, verbose=0 if args.quiet else 1)
+    elif args.command == "fit":
+        _fit(args)
+    elif args.command == "predict":
+        _predict(args)
+    elif args.command == "explain":
+        _explain(args)
     return 0
 
 

@@ -59,7 +59,7 @@ def demo_classifier(random_state: int = 0, verbose: int = 1):
 
 
 def run_demo(out_dir: str, verbose: int = 1) -> dict:
-    """Fit on the digits' file paths, report test accuracy, save the model."""
+    """Fit on the digits' file paths, report test accuracy, save the model and pictures."""
     import joblib
     from sklearn.model_selection import train_test_split
 
@@ -75,9 +75,37 @@ def run_demo(out_dir: str, verbose: int = 1) -> dict:
     accuracy = clf.score(X_test, y_test)
     model_path = os.path.join(out_dir, "model.joblib")
     joblib.dump(clf, model_path)
-    elapsed = time.perf_counter() - t0
     print(f"test accuracy: {accuracy:.3f} on {len(X_test)} held-out images")
     print(f"model saved to {model_path}")
+    pictures = write_explanations(clf, X_test[:N_SHEETS], out_dir)
+    elapsed = time.perf_counter() - t0
+    print(f"prototype gallery: {pictures['gallery']}")
+    print(f"scoring sheets of {len(pictures['sheets'])} test images: "
+          f"{os.path.dirname(pictures['sheets'][0])}")
+    print(f"HTML report: {pictures['report']}")
     print(f"demo finished in {elapsed:.0f}s")
     return {"accuracy": accuracy, "model_path": model_path, "classifier": clf,
-            "X_test": X_test, "y_test": y_test}
+            "X_test": X_test, "y_test": y_test} | pictures
+
+
+N_SHEETS = 4
+
+
+def write_explanations(clf, X, out_dir: str, top_k: int = 5) -> dict:
+    """Write the prototype gallery, a scoring sheet per image and the HTML report."""
+    from ._report import report_html
+
+    folder = os.path.join(out_dir, "explanations")
+    os.makedirs(folder, exist_ok=True)
+    gallery = os.path.join(out_dir, "prototypes.png")
+    clf.prototype_gallery(gallery)
+    explanations = clf.explain(X, top_k=top_k)
+    sheets = []
+    for explanation in explanations:
+        stem = os.path.splitext(os.path.basename(str(explanation.name)))[0]
+        sheets.append(os.path.join(folder, f"{stem}.png"))
+        explanation.save(sheets[-1])
+    report = os.path.join(out_dir, "report.html")
+    with open(report, "w", encoding="utf-8") as f:
+        f.write(report_html(clf, explanations))
+    return {"gallery": gallery, "sheets": sheets, "report": report}

@@ -79,12 +79,23 @@ def push_prototypes(
 
 
 @torch.no_grad()
+def forward_batches(module: ProtoPNet, dataset, batch_size: int, device, num_workers=0):
+    """Yield ``(start, logits, similarities, distance_map)`` per batch, in eval mode.
+
+    The one inference pass: ``transform``, ``decision_function`` and the
+    explanations all read these tensors, so they cannot drift apart.
+    """
+    module.eval()
+    for start, images, _ in iterate_batches(dataset, batch_size, device, num_workers):
+        d = module.distance_map(module.latent(images))
+        logits, s, _ = module.head(d)
+        yield start, logits, s, d
+
+
 def similarities(module: ProtoPNet, dataset, batch_size: int, device, num_workers=0):
     """(logits, similarities) of every image in ``dataset``, float32 numpy, in order."""
-    module.eval()
     logits, sims = [], []
-    for _, images, _ in iterate_batches(dataset, batch_size, device, num_workers):
-        out, s, _ = module.head(module.distance_map(module.latent(images)))
+    for _, out, s, _ in forward_batches(module, dataset, batch_size, device, num_workers):
         logits.append(out.float().cpu().numpy())
         sims.append(s.float().cpu().numpy())
     return np.concatenate(logits), np.concatenate(sims)

@@ -1,0 +1,385 @@
+"""Explanations as data: "this" part of the image looks like "that" prototype.
+
+Every number here is read from the one inference pass
+(:func:`._push.forward_batches`) that ``transform`` and ``decision_function``
+use: the similarity of prototype j is the pooled similarity of that pass,
+the weight is ``coef_[k, j]``, the contribution their product, and over all
+prototypes the contributions add up to the logit. The box of an evidence item
+comes from the same pass's similarity map, upsampled by the one box rule of
+:mod:`._geometry`, which also gives the prototypes' own boxes at the end of
+``fit``.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ._geometry import CellGeometry, box_from_map, upsample_map
+from ._images import ImageDataset, ImageSource, check_images
+from ._push import forward_batches
+
+#: Largest side, in pixels, of the stored prototype crops and source thumbnails.
+CROP_MAX_SIDE = 128
+THUMBNAIL_MAX_SIDE = 160
+
+
+# --------------------------------------------------------------------------
+# the data
+# --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Evidence:
+    """One prototype's part in one class's logit for one image.
+
+    Attributes
+    ----------
+    prototype : int
+        Index of the prototype (a column of ``transform`` and ``coef_``).
+    prototype_class : label
+        The class the prototype belongs to.
+    explained_class : label
+        The class whose logit this item is a term of.
+    similarity : float
+        ``transform(X)[i, prototype]``: the largest similarity of the
+        prototype over the image's cells.
+    weight : float
+        ``coef_[k, prototype]`` for the explained class k.
+    contribution : float
+        ``similarity * weight``.
+    box : (int, int, int, int)
+        (x0, y0, x1, y1), end-exclusive, in pixels of the input image as the
+        user sees it (original size, EXIF orientation applied).
+    location : (int, int)
+        (row, column) of the latent cell where the prototype fired most.
+    similarity_map : ndarray of shape (h, w)
+        The prototype's similarity at every latent cell.
+    """
+
+    prototype: int
+    prototype_class: object
+    explained_class: object
+    similarity: float
+    weight: float
+    contribution: float
+    box: tuple[int, int, int, int]
+    location: tuple[int, int]
+    similarity_map: np.ndarray = field(repr=False)
+    image_size: tuple[int, int] = field(repr=False)  # (width, height), original
+    geometry: CellGeometry = field(repr=False)
+
+    @property
+    def activation_map(self) -> np.ndarray:
+        """The similarity map upsampled to the input image, (height, width).
+
+        Computed on access, so that explaining large photos does not hold one
+        full-size float map per evidence item in memory.
+        """
+        width, height = self.image_size
+        return upsample_map(self.similarity_map, self.geometry, (height, width))
+
+
+@dataclass(frozen=True)
+class PrototypeParts:
+    """The "that" of every prototype, as stored in the fitted estimator."""
+
+    prototype_class: np.ndarray  # (m,) labels
+    source_index: np.ndarray  # (m,)
+    source_path: list  # m str or None
+    box: np.ndarray  # (m, 4) in the source image's original pixels
+    crop: list  # m uint8 (h, w, 3)
+    thumbnail: list  # m uint8 (h, w, 3), the whole source image
+    source_size: np.ndarray  # (m, 2) original (width, height)
+
+    @classmethod
+    def of(cls, estimator) -> PrototypeParts:
+        return cls(
+            prototype_class=estimator.prototype_class_,
+            source_index=np.asarray(estimator.prototype_source_index_),
+            source_path=list(estimator.prototype_source_path_),
+            box=np.asarray(estimator.prototype_box_),
+            crop=list(estimator.prototype_crop_),
+            thumbnail=list(estimator.prototype_source_thumbnail_),
+            source_size=np.asarray(estimator.prototype_source_size_),
+        )
+
+    def source_name(self, j: int) -> str:
+        path = self.source_path[j]
+        return path if path is not None else f"X[{int(self.source_index[j])}] of fit"
+
+
+@dataclass
+class Explanation:
+    """Why the model gave one image its logits, prototype by prototype.
+
+    Attributes
+    ----------
+    name : str
+        The image's path, or ``X[i]`` for an array.
+    predicted : label
+        The predicted class.
+    classes : ndarray of shape (K,)
+    logits : ndarray of shape (K,)
+        ``decision_function`` of the image.
+    probabilities : ndarray of shape (K,)
+        ``predict_proba`` of the image.
+    similarities : ndarray of shape (m,)
+        ``transform`` of the image.
+    explained_class : label
+        The class of :attr:`evidence` (the predicted class by default).
+    evidence : list of Evidence
+        The explained class's evidence, by contribution, largest first.
+    evidence_by_class : dict
+        Label -> list of Evidence for every class asked for.
+    image_size : (int, int)
+        (width, height) of the image as the user sees it.
+    top_k : int or None
+        Items kept per class; None keeps every prototype, and then the
+        contributions add up to the logit.
+    """
+
+    name: str
+    predicted: object
+    classes: np.ndarray
+    logits: np.ndarray
+    probabilities: np.ndarray
+    similarities: np.ndarray
+    explained_class: object
+    evidence: list
+    evidence_by_class: dict
+    image_size: tuple[int, int]
+    top_k: int | None
+    _weights: np.ndarray = field(repr=False)
+    _maps: np.ndarray = field(repr=False)  # (m, h, w) similarity maps
+    _geometry: CellGeometry = field(repr=False)
+    _percentile: float = field(repr=False)
+    _prototypes: PrototypeParts = field(repr=False)
+    _source: ImageSource = field(repr=False)
+    _index: int = field(repr=False)
+
+    def logit(self, label=None) -> float:
+        """The logit of ``label`` (default: the explained class)."""
+        label = self.explained_class if label is None else label
+        return float(self.logits[_class_index(self.classes, label)])
+
+    @property
+    def runner_up(self):
+        """The class with the largest logit other than the explained class."""
+        k = _class_index(self.classes, self.explained_class)
+        order = np.argsort(-self.logits, kind="stable")
+        return self.classes[next(int(j) for j in order if j != k)]
+
+    def evidence_for(self, label, top_k: int | None | str = "same") -> list:
+        """Evidence for any class, computed from the stored maps on demand."""
+        if label in self.evidence_by_class and top_k == "same":
+            return self.evidence_by_class[label]
+        top_k = self.top_k if top_k == "same" else _check_top_k(top_k)
+        return _class_evidence(
+            self.similarities, self._weights, self._maps, self.classes,
+            _class_index(self.classes, label), self._prototypes.prototype_class, top_k,
+            self.image_size, self._geometry, self._percentile,
+        )
+
+    def image(self) -> Image.Image:
+        """The input image as an RGB PIL image (read again from its file)."""
+        return self._source.open(self._index)
+
+    def save(self, path) -> None:
+        """Write the scoring sheet as a PNG file (see :mod:`._render`)."""
+        from ._render import scoring_sheet
+
+        scoring_sheet(self).save(path, format="PNG")
+
+    def _repr_png_(self) -> bytes:
+        import io
+
+        buffer = io.BytesIO()
+        self.save(buffer)
+        return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------
+# the computation
+# --------------------------------------------------------------------------
+def _class_index(classes: np.ndarray, label) -> int:
+    hits = np.flatnonzero(classes == label)
+    if len(hits) == 0:
+        raise ValueError(f"unknown class {label!r}; the classes are {list(classes)}")
+    return int(hits[0])
+
+
+def _check_top_k(top_k):
+    if top_k is None:
+        return None
+    if not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool) or top_k < 1:
+        raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
+    return int(top_k)
+
+
+def _check_percentile(percentile) -> float:
+    if not isinstance(percentile, numbers.Real) or not 0 <= percentile <= 100:
+        raise ValueError(f"box_percentile must be a number in [0, 100], got {percentile!r}")
+    return float(percentile)
+
+
+def _class_evidence(sims, weights, maps, classes, k, prototype_class, top_k, image_size,
+                    geometry, percentile) -> list:
+    contributions = sims * weights[k]
+    # stable: equal contributions keep prototype order, so results are reproducible
+    order = np.argsort(-contributions, kind="stable")
+    if top_k is not None:
+        order = order[:top_k]
+    width, height = image_size
+    items = []
+    for j in order:
+        j = int(j)
+        cell_map = maps[j]
+        up = upsample_map(cell_map, geometry, (height, width))
+        r, c = np.unravel_index(int(np.argmax(cell_map)), cell_map.shape)
+        items.append(
+            Evidence(
+                prototype=j,
+                prototype_class=prototype_class[j],
+                explained_class=classes[k],
+                similarity=float(sims[j]),
+                weight=float(weights[k, j]),
+                contribution=float(contributions[j]),
+                box=box_from_map(up, percentile),
+                location=(int(r), int(c)),
+                similarity_map=cell_map,
+                image_size=image_size,
+                geometry=geometry,
+            )
+        )
+    return items
+
+
+def explain(estimator, X, top_k=10, classes="predicted", box_percentile=None) -> list:
+    """One :class:`Explanation` per image of X; see ``ProtoPNetClassifier.explain``."""
+    from ._classifier import resolve_device
+
+    top_k = _check_top_k(top_k)
+    percentile = _check_percentile(
+        estimator.box_percentile if box_percentile is None else box_percentile
+    )
+    labels = estimator.classes_
+    if isinstance(classes, str) and classes in ("predicted", "all"):
+        wanted = classes
+    else:
+        asked = classes if isinstance(classes, (list, tuple, np.ndarray)) else [classes]
+        wanted = [labels[_class_index(labels, c)] for c in asked]
+        if not wanted:
+            raise ValueError("classes is empty")
+    source = check_images(X)
+    dataset = ImageDataset(source, estimator.image_size_)
+    weights = estimator.coef_
+    parts = PrototypeParts.of(estimator)
+    geometry = estimator.cell_geometry_
+    module = estimator.module_
+    device = resolve_device(estimator.device)
+    out = []
+    try:
+        module.to(device)
+        for start, logits_t, sims_t, dist_t in forward_batches(
+            module, dataset, estimator.batch_size, device, estimator.num_workers
+        ):
+            with torch.no_grad():
+                maps_t = module.similarity(dist_t)
+            logits = logits_t.double().cpu().numpy()
+            sims = sims_t.double().cpu().numpy()
+            maps = maps_t.float().cpu().numpy()
+            for b in range(len(logits)):
+                i = start + b
+                out.append(_one(i, source, logits[b], sims[b], maps[b], labels, weights,
+                                parts, wanted, top_k, geometry, percentile))
+    finally:
+        module.cpu()
+    return out
+
+
+def _one(i, source, logits, sims, maps, labels, weights, parts, wanted, top_k, geometry,
+         percentile) -> Explanation:
+    shifted = np.exp(logits - logits.max())
+    proba = shifted / shifted.sum()
+    predicted = labels[int(np.argmax(logits))]
+    if wanted == "predicted":
+        asked = [predicted]
+    elif wanted == "all":
+        asked = [predicted] + [c for c in labels if c != predicted]
+    else:
+        asked = wanted
+    image_size = source.original_size(i)
+    by_class = {
+        c: _class_evidence(sims, weights, maps, labels, _class_index(labels, c),
+                           parts.prototype_class, top_k, image_size, geometry, percentile)
+        for c in asked
+    }
+    return Explanation(
+        name=source.name(i), predicted=predicted, classes=labels, logits=logits,
+        probabilities=proba, similarities=sims, explained_class=asked[0],
+        evidence=by_class[asked[0]], evidence_by_class=by_class, image_size=image_size,
+        top_k=top_k, _weights=weights, _maps=maps, _geometry=geometry,
+        _percentile=percentile, _prototypes=parts, _source=source, _index=i,
+    )
+
+
+# --------------------------------------------------------------------------
+# "that": the prototypes' own parts, computed once at the end of fit
+# --------------------------------------------------------------------------
+def _shrunk(img: Image.Image, max_side: int) -> np.ndarray:
+    img = img.copy()
+    img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+
+
+@torch.no_grad()
+def prototype_parts(module, source: ImageSource, source_index, geometry: CellGeometry,
+                    image_size, percentile: float, batch_size: int, cache=None) -> dict:
+    """Fitted attributes holding each prototype's source, box, crop and thumbnail.
+
+    The box is the same rule as for test images: the prototype's similarity
+    map on its source image, upsampled to the original size, thresholded at
+    ``percentile``. Only plain arrays, lists and strings are returned, so the
+    model explains and draws without its training files.
+    """
+    module.eval()
+    source_index = np.asarray(source_index)
+    m = len(source_index)
+    unique = np.unique(source_index)
+    dataset = ImageDataset(source, image_size, cache=cache).subset(unique, transform=None)
+    maps = {}
+    for lo in range(0, len(unique), batch_size):
+        images = torch.stack([dataset[t][0] for t in range(lo, min(lo + batch_size,
+                                                                    len(unique)))])
+        sim = module.similarity(module.distance_map(module.latent(images)))
+        for b in range(len(images)):
+            maps[int(unique[lo + b])] = sim[b].float().numpy()
+    boxes = np.zeros((m, 4), dtype=np.int64)
+    sizes = np.zeros((m, 2), dtype=np.int64)
+    crops, thumbs, paths = [], [], []
+    opened = {}
+    for j, i in enumerate(source_index):
+        i = int(i)
+        if i not in opened:
+            opened[i] = source.open(i)
+        img = opened[i]
+        width, height = img.size
+        up = upsample_map(maps[i][j], geometry, (height, width))
+        boxes[j] = box_from_map(up, percentile)
+        sizes[j] = (width, height)
+        crops.append(_shrunk(img.crop(tuple(int(v) for v in boxes[j])), CROP_MAX_SIDE))
+        thumbs.append(_shrunk(img, THUMBNAIL_MAX_SIDE))
+        paths.append(source.paths[i] if source.is_paths else None)
+    return {
+        "prototype_source_path_": paths,
+        "prototype_box_": boxes,
+        "prototype_crop_": crops,
+        "prototype_source_thumbnail_": thumbs,
+        "prototype_source_size_": sizes,
+    }
+
+
+__all__ = ["Evidence", "Explanation", "PrototypeParts", "explain", "prototype_parts"]

@@ -1,0 +1,173 @@
+"""Explanations: the logit identity, boxes in original pixels, portability."""
+
+import os
+import shutil
+
+import joblib
+import numpy as np
+import pytest
+from PIL import Image
+
+from sklearn_protopnet._explain import Evidence, Explanation
+
+from .conftest import make_bar_images, tiny_classifier, write_pngs
+
+
+@pytest.fixture(scope="module")
+def new_images(tmp_path_factory):
+    """Images the model never saw: new bars saved as 50x30 (non-square) PNGs."""
+    images, labels = make_bar_images(4, seed=7)
+    folder = str(tmp_path_factory.mktemp("new"))
+    paths = []
+    for i, img in enumerate(images):
+        path = os.path.join(folder, f"wide{i}.png")
+        Image.fromarray(img).resize((50, 30), Image.Resampling.NEAREST).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_contributions_add_up_to_the_logits(fitted, new_images):
+    logits = fitted.decision_function(new_images)
+    sims = fitted.transform(new_images)
+    proba = fitted.predict_proba(new_images)
+    W = fitted.coef_
+    explanations = fitted.explain(new_images, top_k=None, classes="all")
+    assert len(explanations) == len(new_images)
+    for i, e in enumerate(explanations):
+        assert isinstance(e, Explanation)
+        np.testing.assert_allclose(e.logits, logits[i], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(e.similarities, sims[i], rtol=1e-6, atol=1e-6)
+        assert e.predicted == fitted.classes_[np.argmax(logits[i])]
+        assert e.explained_class == e.predicted
+        np.testing.assert_allclose(e.probabilities, proba[i],
+                                   rtol=1e-5)
+        assert set(e.evidence_by_class) == set(fitted.classes_)
+        for label, items in e.evidence_by_class.items():
+            k = int(np.flatnonzero(fitted.classes_ == label)[0])
+            assert sorted(item.prototype for item in items) == list(range(fitted.n_prototypes_))
+            total = sum(item.contribution for item in items)
+            np.testing.assert_allclose(total, logits[i, k], rtol=1e-5, atol=1e-5)
+            contributions = [item.contribution for item in items]
+            assert contributions == sorted(contributions, reverse=True)
+            for item in items:
+                assert isinstance(item, Evidence)
+                j = item.prototype
+                assert item.explained_class == label
+                assert item.prototype_class == fitted.prototype_class_[j]
+                np.testing.assert_allclose(item.similarity, sims[i, j], rtol=1e-6, atol=1e-6)
+                assert item.weight == pytest.approx(W[k, j], rel=1e-12)
+                assert item.contribution == pytest.approx(item.similarity * item.weight,
+                                                          rel=1e-12)
+                # the pooled similarity is the peak of the similarity map
+                assert item.similarity_map.max() == pytest.approx(item.similarity, rel=1e-5)
+
+
+def test_top_k_and_class_options(fitted, new_images):
+    full = fitted.explain(new_images[:2], top_k=None)
+    top = fitted.explain(new_images[:2], top_k=2)
+    for a, b in zip(full, top):
+        assert [x.prototype for x in b.evidence] == [x.prototype for x in a.evidence[:2]]
+        assert list(b.evidence_by_class) == [b.predicted]
+    other = fitted.classes_[1]
+    (e,) = fitted.explain(new_images[:1], top_k=3, classes=other)
+    assert e.explained_class == other and len(e.evidence) == 3
+    assert all(x.explained_class == other for x in e.evidence)
+    assert e.runner_up != other
+    assert e.evidence_for(other) is e.evidence
+    np.testing.assert_allclose(
+        sum(x.contribution for x in e.evidence_for(e.runner_up, top_k=None)),
+        e.logit(e.runner_up), rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown class"):
+        fitted.explain(new_images[:1], classes="no such class")
+    with pytest.raises(ValueError, match="top_k"):
+        fitted.explain(new_images[:1], top_k=0)
+
+
+def test_boxes_are_in_original_pixels(fitted, new_images):
+    """The model sees 16x16; boxes and maps are on the 50x30 image the user sees."""
+    for e in fitted.explain(new_images, top_k=None):
+        assert e.image_size == (50, 30)
+        for item in e.evidence:
+            x0, y0, x1, y1 = item.box
+            assert 0 <= x0 < x1 <= 50 and 0 <= y0 < y1 <= 30
+            assert item.activation_map.shape == (30, 50)
+            # the box holds the map's top pixels (the box rule)
+            a = item.activation_map
+            top = a >= np.percentile(a, 95)
+            assert top[y0:y1, x0:x1].sum() == top.sum()
+
+
+def test_boxes_follow_exif_orientation(fitted, tmp_path):
+    """A JPEG stored 40 wide x 20 high with 'rotate 90' shows as 20 x 40."""
+    img = Image.fromarray(make_bar_images(1, seed=3)[0][0]).convert("RGB").resize((40, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = str(tmp_path / "rotated.jpg")
+    img.save(path, exif=exif)
+    (e,) = fitted.explain([path], top_k=None)
+    assert e.image_size == (20, 40)
+    for item in e.evidence:
+        x0, y0, x1, y1 = item.box
+        assert 0 <= x0 < x1 <= 20 and 0 <= y0 < y1 <= 40
+        assert item.activation_map.shape == (40, 20)
+
+
+def test_box_percentile(fitted, new_images):
+    wide = fitted.explain(new_images[:2], top_k=None, box_percentile=50)
+    narrow = fitted.explain(new_images[:2], top_k=None, box_percentile=99)
+    for a, b in zip(wide, narrow):
+        for p, q in zip(a.evidence, b.evidence):
+            area = lambda box: (box[2] - box[0]) * (box[3] - box[1])  # noqa: E731
+            assert area(p.box) >= area(q.box)
+
+
+def test_prototype_that_data(fitted, bar_files):
+    paths, _ = bar_files
+    m = fitted.n_prototypes_
+    assert fitted.prototype_box_.shape == (m, 4)
+    assert fitted.prototype_source_size_.shape == (m, 2)
+    assert len(fitted.prototype_crop_) == len(fitted.prototype_source_thumbnail_) == m
+    for j in range(m):
+        i = fitted.prototype_source_index_[j]
+        assert fitted.prototype_source_path_[j] == paths[i]
+        x0, y0, x1, y1 = fitted.prototype_box_[j]
+        w, h = fitted.prototype_source_size_[j]
+        assert (w, h) == (16, 16)
+        assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+        crop = fitted.prototype_crop_[j]
+        assert crop.dtype == np.uint8 and crop.shape == (y1 - y0, x1 - x0, 3)
+        # the crop is the source image's pixels inside the box
+        source = np.asarray(Image.open(paths[i]).convert("RGB"))
+        np.testing.assert_array_equal(crop, source[y0:y1, x0:x1])
+        # the box is where the prototype fits its own source image best
+        (e,) = fitted.explain([paths[i]], top_k=None, classes=fitted.prototype_class_[j])
+        item = next(x for x in e.evidence if x.prototype == j)
+        assert item.box == tuple(fitted.prototype_box_[j])
+
+
+def test_explain_and_render_without_training_files(tmp_path, bar_data):
+    """Pickle, delete the training images, load, explain and draw other images."""
+    images, labels = bar_data
+    train = write_pngs(str(tmp_path / "train"), images)
+    clf = tiny_classifier(joint_epochs=1).fit(train, labels)
+    joblib.dump(clf, tmp_path / "model.joblib")
+    shutil.rmtree(tmp_path / "train")
+    loaded = joblib.load(tmp_path / "model.joblib")
+    other = write_pngs(str(tmp_path / "other"), make_bar_images(2, seed=11)[0])
+    explanations = loaded.explain(other, top_k=3)
+    assert all(not os.path.exists(p) for p in loaded.prototype_source_path_)
+    explanations[0].save(tmp_path / "sheet.png")
+    loaded.prototype_gallery(tmp_path / "gallery.png")
+    loaded.report(other, tmp_path / "report.html")
+    with Image.open(tmp_path / "sheet.png") as sheet:
+        assert sheet.size[0] > 300
+    assert os.path.getsize(tmp_path / "report.html") > 1000
+
+
+def test_array_input_has_no_source_path(bar_data):
+    images, labels = bar_data
+    clf = tiny_classifier(joint_epochs=1).fit(images, labels)
+    assert clf.prototype_source_path_ == [None] * clf.n_prototypes_
+    (e,) = clf.explain(images[:1], top_k=2)
+    assert e.name == "X[0]" and e.image_size == (16, 16)
+    assert e._repr_png_().startswith(b"\x89PNG")

@@ -1,0 +1,117 @@
+"""Pictures: they open, have sensible sizes, and print the explanation's numbers."""
+
+import base64
+import io
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sklearn_protopnet._render import (
+    evidence_text,
+    gallery_caption,
+    heat_colours,
+    overlay,
+    scoring_sheet,
+    sheet_text,
+    total_text,
+)
+
+
+@pytest.fixture(scope="module")
+def explanations(fitted, bar_files):
+    paths, _ = bar_files
+    return fitted.explain(paths[:3] + paths[-2:], top_k=3)
+
+
+def _numbers(line):
+    return [float(v) for v in re.findall(r"-?\d+(?:\.\d+)?(?:e-?\d+)?", line)]
+
+
+def test_sheet_text_is_the_explanation(explanations):
+    for e in explanations:
+        for item in e.evidence:
+            lines = evidence_text(item)
+            assert f"prototype {item.prototype} " in lines[0]
+            sim, weight, contribution = _numbers(lines[1])
+            assert sim == pytest.approx(item.similarity, rel=1e-3)
+            assert weight == pytest.approx(item.weight, rel=1e-3)
+            assert contribution == pytest.approx(item.contribution, rel=1e-3)
+        totals = total_text(e, e.explained_class, e.evidence)
+        assert _numbers(totals[0])[-1] == pytest.approx(
+            sum(x.contribution for x in e.evidence), rel=1e-3)
+        # shown + the rest = the logit, printed last
+        assert _numbers(totals[-1])[-1] == pytest.approx(e.logit(), rel=1e-3)
+        rest = _numbers(totals[1])[-1]
+        assert _numbers(totals[0])[-1] + rest == pytest.approx(e.logit(), rel=1e-3, abs=2e-3)
+        header = sheet_text(e)["header"][0]
+        assert f"predicted: {e.predicted} " in header
+        k = int(np.flatnonzero(e.classes == e.predicted)[0])
+        assert _numbers(header)[0] == pytest.approx(e.probabilities[k], abs=1e-3)
+
+
+def test_scoring_sheet_png(explanations, tmp_path):
+    e = explanations[0]
+    path = tmp_path / "sheet.png"
+    e.save(path)
+    with Image.open(path) as img:
+        assert img.format == "PNG" and img.mode == "RGB"
+        width, height = img.size
+    # the header, and one row of tiles per evidence item in each of two columns
+    assert 800 <= width <= 1600
+    assert height >= 3 * 112 + 200
+    png = e._repr_png_()
+    assert png.startswith(b"\x89PNG")
+    assert Image.open(io.BytesIO(png)).size == (width, height)
+
+
+def test_sheet_draws_the_boxes(explanations):
+    """The box drawn on the test image tile is where the evidence box is."""
+    e = explanations[0]
+    sheet = np.asarray(scoring_sheet(e, image=Image.new("RGB", e.image_size, (0, 0, 0))))
+    box_colour = np.array([0, 200, 255])
+    assert (np.abs(sheet.astype(int) - box_colour).sum(axis=2) < 10).sum() > 50
+
+
+def test_overlay_and_colours():
+    colours = heat_colours(np.array([0.0, 1.0]))
+    assert colours[0, 2] > colours[0, 0] and colours[1, 0] > colours[1, 2]  # blue to red
+    img = Image.new("RGB", (40, 20), (128, 128, 128))
+    heat = np.zeros((20, 40))
+    heat[5:10, 30:35] = 1.0
+    out = np.asarray(overlay(img, heat)).astype(int)
+    assert out.shape == (20, 40, 3)
+    assert out[7, 32, 0] > out[7, 5, 0]  # red where the map is high
+
+
+def test_gallery(fitted, tmp_path):
+    img = fitted.prototype_gallery(tmp_path / "gallery.png")
+    with Image.open(tmp_path / "gallery.png") as saved:
+        assert saved.size == img.size
+    # one block per class, each holding its prototypes
+    assert img.size[1] >= len(fitted.classes_) * 2 * 112
+    for j in range(fitted.n_prototypes_):
+        caption = gallery_caption(fitted_parts(fitted), j)
+        assert caption[0] == f"prototype {j}"
+        assert tuple(_numbers(caption[2])) == tuple(fitted.prototype_box_[j])
+
+
+def fitted_parts(fitted):
+    from sklearn_protopnet._explain import PrototypeParts
+
+    return PrototypeParts.of(fitted)
+
+
+def test_html_report_is_self_contained(fitted, bar_files, tmp_path):
+    paths, _ = bar_files
+    out = fitted.report(paths[:2], tmp_path / "sub" / "report.html", top_k=2)
+    text = open(out, encoding="utf-8").read()
+    assert "<html" in text and text.count("<section") == 2
+    sources = re.findall(r"src='([^']+)'", text)
+    assert len(sources) == 3  # the gallery and two sheets
+    for src in sources:
+        assert src.startswith("data:image/png;base64,")
+        Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).verify()
+    for path in paths[:2]:
+        assert path in text
