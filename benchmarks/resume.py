@@ -1,7 +1,7 @@
 """A fit killed with SIGKILL half-way and resumed, against an uninterrupted fit.
 
-Fits on scikit-learn's digits written as PNG files (32 px, SmallCNN(width=16),
-2 warm-up + 8 joint epochs, a push after epoch 5 and at the end, augmentation
+Fits on 600 of scikit-learn's digits written as PNG files (32 px,
+SmallCNN(width=8), 2 warm-up + 8 joint epochs, a push after epoch 5 and at the end, augmentation
 on). For each of ``--runs`` repetitions, in one run:
 
 1. ``full``: an uninterrupted fit without a checkpoint (in this process);
@@ -34,7 +34,9 @@ import numpy as np
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SETTINGS = dict(image_size=32, prototypes_per_class=5, prototype_dim=32, warm_epochs=2,
+sys.path.insert(0, ROOT)  # measure the checkout this script is in, not an installed copy
+N_IMAGES = 600
+SETTINGS = dict(image_size=32, prototypes_per_class=3, prototype_dim=16, warm_epochs=2,
                 joint_epochs=8, push_start=5, push_interval=5, batch_size=64, augment=True,
                 random_state=0)
 KILL_AT = "joint epoch 6/"  # the line the child prints when epoch 6 of 10 ends
@@ -56,7 +58,7 @@ def make_classifier(**overrides):
 
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        backbone = SmallCNN(width=16)
+        backbone = SmallCNN(width=8)
     return ProtoPNetClassifier(backbone=backbone, **{**SETTINGS, **overrides})
 
 
@@ -92,6 +94,7 @@ def main() -> None:
 
     work = tempfile.mkdtemp(prefix="protopnet-resume-")
     paths, labels = write_digits(work)
+    paths, labels = paths[:N_IMAGES], labels[:N_IMAGES]
     paths_file, labels_file = os.path.join(work, "paths.txt"), os.path.join(work, "y.npy")
     with open(paths_file, "w") as f:
         f.write("\n".join(paths))

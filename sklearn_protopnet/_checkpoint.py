@@ -92,10 +92,15 @@ def data_fingerprint(source, classes, y_enc) -> str:
 
 def training_identity(params: dict, source, classes, y_enc) -> dict:
     """The identity a checkpoint must match to be resumed from."""
+    described = {k: describe_value(v) for k, v in sorted(params.items())
+                 if k not in _IGNORED_PARAMS}
+    weights = params.get("weights")
+    if isinstance(weights, (str, os.PathLike)) and os.path.isfile(weights):
+        st = os.stat(weights)  # a weights file replaced in place changes the fit
+        described["weights"] = [os.fspath(weights), st.st_size, st.st_mtime_ns]
     return {
         "format": CHECKPOINT_FORMAT,
-        "params": {k: describe_value(v) for k, v in sorted(params.items())
-                   if k not in _IGNORED_PARAMS},
+        "params": described,
         "data": data_fingerprint(source, classes, y_enc),
     }
 
