@@ -205,6 +205,7 @@ def make_motif_images(n_per_class, size=32, seed=0):
     return np.stack(images), np.array(labels), np.array(centres)
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(
     strict=False,
     reason="a model trained for seconds on 48 images learns border or background "
