@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -52,7 +53,9 @@ class Evidence:
         ``similarity * weight``.
     box : (int, int, int, int)
         (x0, y0, x1, y1), end-exclusive, in pixels of the input image as the
-        user sees it (original size, EXIF orientation applied).
+        user sees it (original size, EXIF orientation applied): the box rule
+        applied to :attr:`activation_map`. Computed on first access (it needs
+        the full-size map) and then kept.
     location : (int, int)
         (row, column) of the latent cell where the prototype fired most.
     similarity_map : ndarray of shape (h, w)
@@ -65,11 +68,16 @@ class Evidence:
     similarity: float
     weight: float
     contribution: float
-    box: tuple[int, int, int, int]
     location: tuple[int, int]
     similarity_map: np.ndarray = field(repr=False)
     image_size: tuple[int, int] = field(repr=False)  # (width, height), original
     geometry: CellGeometry = field(repr=False)
+    percentile: float = field(repr=False, default=95.0)
+
+    @cached_property
+    def box(self) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1) by the box rule on :attr:`activation_map`."""
+        return box_from_map(self.activation_map, self.percentile)
 
     @property
     def activation_map(self) -> np.ndarray:
@@ -232,12 +240,10 @@ def _class_evidence(sims, weights, maps, classes, k, prototype_class, top_k, ima
     order = np.argsort(-contributions, kind="stable")
     if top_k is not None:
         order = order[:top_k]
-    width, height = image_size
     items = []
     for j in order:
         j = int(j)
         cell_map = maps[j]
-        up = upsample_map(cell_map, geometry, (height, width))
         r, c = np.unravel_index(int(np.argmax(cell_map)), cell_map.shape)
         items.append(
             Evidence(
@@ -247,11 +253,11 @@ def _class_evidence(sims, weights, maps, classes, k, prototype_class, top_k, ima
                 similarity=float(sims[j]),
                 weight=float(weights[k, j]),
                 contribution=float(contributions[j]),
-                box=box_from_map(up, percentile),
                 location=(int(r), int(c)),
                 similarity_map=cell_map,
                 image_size=image_size,
                 geometry=geometry,
+                percentile=percentile,
             )
         )
     return items
