@@ -82,12 +82,13 @@ def test_single_active_cell_gives_a_box_on_its_receptive_centre(scale):
     for i, j in [(0, 0), (2, 3), (h - 1, w - 1)]:
         up = upsample_map(_one_hot(h, w, i, j), g, (out_h, out_w))
         assert up.shape == (out_h, out_w)
-        # the peak sits on the cell's centre 3 + 4 i, scaled to output pixels
-        r, c = np.unravel_index(np.argmax(up), up.shape)
+        # the cell's centre 3 + 4 i, scaled to output pixels
         cy = (3 + 4 * i + 0.5) * out_h / size[0] - 0.5
         cx = (3 + 4 * j + 0.5) * out_w / size[1] - 0.5
-        assert abs(r - cy) <= 0.5 * out_h / size[0] + 0.5
-        assert abs(c - cx) <= 0.5 * out_w / size[1] + 0.5
+        if (i, j) == (2, 3):  # an inner cell peaks on its centre (border cells plateau)
+            r, c = np.unravel_index(np.argmax(up), up.shape)
+            assert abs(r - cy) <= 0.5 * out_h / size[0] + 0.5
+            assert abs(c - cx) <= 0.5 * out_w / size[1] + 0.5
         x0, y0, x1, y1 = box_from_map(up, 95)
         assert 0 <= x0 < x1 <= out_w and 0 <= y0 < y1 <= out_h
         assert x0 <= cx < x1 and y0 <= cy < y1
@@ -97,11 +98,12 @@ def test_single_active_cell_gives_a_box_on_its_receptive_centre(scale):
 
 
 def test_upsampled_map_takes_cell_values_at_cell_centres():
-    g = cell_geometry(CASES["valid"][0](), (33, 29), (8, 7))
+    g = cell_geometry(CASES["valid"][0](), (33, 29), (7, 6))
+    assert g.method == "probed"
     rng = np.random.default_rng(0)
-    cells = rng.random((8, 7)).astype(np.float32)
+    cells = rng.random((7, 6)).astype(np.float32)
     up = upsample_map(cells, g, (33, 29))
-    rows, cols = 3 + 4 * np.arange(8), 3 + 4 * np.arange(7)
+    rows, cols = 3 + 4 * np.arange(7), 3 + 4 * np.arange(6)
     np.testing.assert_allclose(up[np.ix_(rows, cols)], cells, atol=1e-5)
 
 
