@@ -47,6 +47,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+
 @dataclass(frozen=True)
 class CellGeometry:
     """How an (h, w) feature map sits on an (H, W) input image.
