@@ -321,6 +321,9 @@ def decode_all(source: ImageSource, image_size, num_workers: int = 0) -> torch.T
         batch_size=64,
         shuffle=False,
         num_workers=num_workers,
+        # its own generator: decoding must not draw from the global RNG, so a
+        # fit is the same whether images are cached or streamed
+        generator=torch.Generator().manual_seed(0),
     )
     start = 0
     for images, _ in loader:
