@@ -163,10 +163,10 @@ def test_normalize_options():
 
 def test_normalize_reaches_the_network(bar_data):
     X, y = bar_data
-    clf = tiny_classifier(normalize=(0.5, 0.25), warm_epochs=0, joint_epochs=1).fit(X, y)
+    clf = tiny_classifier(normalize=(0.5, 0.25), warm_epochs=0, joint_epochs=0).fit(X, y)
     assert torch.allclose(clf.module_.mean.flatten(), torch.full((3,), 0.5))
     assert torch.allclose(clf.module_.std.flatten(), torch.full((3,), 0.25))
-    raw = tiny_classifier(normalize=None, warm_epochs=0, joint_epochs=1).fit(X, y)
+    raw = tiny_classifier(normalize=None, warm_epochs=0, joint_epochs=0).fit(X, y)
     x = torch.from_numpy(np.repeat(X[:2, None], 3, axis=1))
     assert torch.allclose(raw.module_.normalise(x), x.float() / 255)
 
@@ -199,8 +199,8 @@ def test_mixed_precision_sgd_keeps_float32_push_and_exact_logits(bar_data):
                                rtol=1e-5, atol=1e-5)
 
 
-def test_worker_processes_give_the_same_model(bar_files):
+def test_worker_processes_give_the_same_model(bar_files, fitted):
     paths, labels = bar_files
-    a = tiny_classifier(joint_epochs=1, num_workers=1).fit(paths, labels)
-    b = tiny_classifier(joint_epochs=1, num_workers=0).fit(paths, labels)
-    np.testing.assert_allclose(a.transform(paths), b.transform(paths), rtol=1e-5, atol=1e-6)
+    with_workers = tiny_classifier(num_workers=1).fit(paths, labels)  # as ``fitted``
+    np.testing.assert_allclose(with_workers.transform(paths), fitted.transform(paths),
+                               rtol=1e-5, atol=1e-6)
