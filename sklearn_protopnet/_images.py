@@ -66,8 +66,9 @@ class ImageSource:
 def check_images(X) -> ImageSource:
     """Validate X up front, before any training; never decodes pixel data.
 
-    Paths must exist and be files (checked for all of them at once, so that a
-    missing file fails in seconds and names itself). Arrays must be (n, H, W)
+    Paths must exist, be files and have an image header Pillow recognises
+    (checked for all of them up front, so that a missing or non-image file
+    fails in seconds and names itself). Arrays must be (n, H, W)
     or (n, H, W, C) with C in {1, 3, 4}, finite, and in range.
     """
     if isinstance(X, (str, os.PathLike)):
@@ -108,6 +109,14 @@ def check_images(X) -> ImageSource:
     folders = [p for p in paths if not os.path.isfile(p)]
     if folders:
         raise IsADirectoryError(f"not an image file (a directory?): {folders[0]!r}")
+    for p in paths:
+        # the header only (no pixel decoding): a file that is not an image is
+        # named now, even when fit will stream the images later
+        try:
+            with Image.open(p):
+                pass
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise OSError(f"cannot read image file {p!r}: {exc}") from exc
     return ImageSource(paths=paths)
 
 

@@ -123,6 +123,12 @@ def test_unreadable_file_is_named(tmp_path):
     bad.write_bytes(b"\x89PNG not really")
     with pytest.raises(OSError, match="broken.png"):
         open_image(str(bad))
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    good = tmp_path / "good.png"
+    Image.fromarray(_pattern()).save(good)
+    with pytest.raises(OSError, match="notes.png"):  # found by its header, up front
+        check_images([str(good), str(text)])
 
 
 def test_every_odd_kind_trains_in_one_fit(odd_files):
