@@ -73,11 +73,48 @@ class BuiltBackbone:
     std: tuple
 
 
-def build_backbone(backbone, weights) -> BuiltBackbone:
+def resolve_normalize(normalize, weights_mean=IMAGENET_MEAN, weights_std=IMAGENET_STD):
+    """(mean, std) per channel for images scaled to [0, 1].
+
+    ``"auto"`` takes the statistics the weights were trained with (those of
+    the torchvision weights' preset, ImageNet's otherwise), ``"imagenet"``
+    forces ImageNet's, None disables normalisation (mean 0, std 1), and a
+    pair ``(mean, std)`` of 3 floats (or single floats) is used as given.
+    """
+    if isinstance(normalize, str):
+        if normalize == "auto":
+            return tuple(weights_mean), tuple(weights_std)
+        if normalize == "imagenet":
+            return IMAGENET_MEAN, IMAGENET_STD
+        raise ValueError(
+            f"normalize must be 'auto', 'imagenet', None or (mean, std); got {normalize!r}"
+        )
+    if normalize is None:
+        return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    try:
+        mean, std = normalize
+        mean = tuple(float(v) for v in ((mean,) * 3 if _is_number(mean) else mean))
+        std = tuple(float(v) for v in ((std,) * 3 if _is_number(std) else std))
+    except (TypeError, ValueError):
+        mean = std = ()
+    if len(mean) != 3 or len(std) != 3 or not all(v > 0 for v in std):
+        raise ValueError(
+            "normalize=(mean, std) needs 3 means and 3 positive standard deviations "
+            f"(or one of each); got {normalize!r}"
+        )
+    return mean, std
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def build_backbone(backbone, weights, normalize="auto") -> BuiltBackbone:
     """Resolve ``backbone`` and ``weights`` into a fresh, trainable module.
 
     An ``nn.Module`` instance is deep-copied so that fitting never trains the
-    user's object in place.
+    user's object in place. ``normalize`` is resolved by
+    :func:`resolve_normalize` against the weights' statistics.
     """
     if isinstance(backbone, nn.Module):
         module = copy.deepcopy(backbone)
@@ -88,7 +125,7 @@ def build_backbone(backbone, weights) -> BuiltBackbone:
                     f"state_dict file, got {weights!r}"
                 )
             _load_state_dict_file(module, weights, head_prefix=None)
-        return BuiltBackbone(module, IMAGENET_MEAN, IMAGENET_STD)
+        return BuiltBackbone(module, *resolve_normalize(normalize))
 
     if not isinstance(backbone, str) or backbone not in _BY_NAME:
         raise ValueError(
@@ -99,9 +136,9 @@ def build_backbone(backbone, weights) -> BuiltBackbone:
     cut, head_prefix = _BY_NAME[backbone]
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     if weights is None:
-        model = torchvision.models.get_model(backbone, weights=None)
+        model = _untrained(backbone)
     elif _looks_like_path(weights):
-        model = torchvision.models.get_model(backbone, weights=None)
+        model = _untrained(backbone)
         _load_state_dict_file(model, weights, head_prefix=head_prefix)
     else:
         enum = _weights_enum(backbone, weights)
@@ -117,7 +154,33 @@ def build_backbone(backbone, weights) -> BuiltBackbone:
         preset = enum.transforms()
         mean = tuple(getattr(preset, "mean", mean))
         std = tuple(getattr(preset, "std", std))
-    return BuiltBackbone(cut(model), mean, std)
+    return BuiltBackbone(cut(model), *resolve_normalize(normalize, mean, std))
+
+
+def _untrained(name: str) -> nn.Module:
+    """A randomly initialised torchvision model, or for VGG only its trunk.
+
+    A VGG's classifier head holds ~120M parameters (~0.5 GB) that the cut
+    throws away; initialising them costs seconds, so the trunk is built alone
+    with torchvision's own layers and initialisation.
+    """
+    import torchvision
+
+    if not name.startswith("vgg"):
+        return torchvision.models.get_model(name, weights=None)
+    from torchvision.models import vgg
+
+    config = {"11": "A", "13": "B", "16": "D", "19": "E"}[name[3:5]]
+    holder = nn.Module()
+    holder.features = vgg.make_layers(vgg.cfgs[config], batch_norm=name.endswith("_bn"))
+    for m in holder.modules():  # as torchvision's VGG initialises its trunk
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    return holder
 
 
 _WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar")

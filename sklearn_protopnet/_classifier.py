@@ -79,6 +79,17 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         internet), or the path of a local state_dict file.
     image_size : int or (int, int), default=224
         Images are resized to this (height, width).
+    normalize : "auto", "imagenet", None or (mean, std), default="auto"
+        Per-channel normalisation of images scaled to [0, 1] before the
+        backbone. "auto" uses the statistics of the torchvision weights (the
+        ImageNet ones) and ImageNet statistics for other backbones; None
+        feeds [0, 1] images unchanged; (mean, std) takes 3 values each (or
+        one of each).
+    mixed_precision : bool, default=False
+        Run the SGD stages under float16 autocast with gradient scaling (CUDA
+        only; refused on the CPU). Push, similarities and the last layer
+        always run in float32, so ``decision_function == transform @ coef_.T``
+        holds exactly.
     prototypes_per_class : int, default=10
         Prototypes allocated to each class; m = prototypes_per_class x K.
     prototype_dim : int, default=128
@@ -210,6 +221,8 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         "backbone": [str, torch.nn.Module],
         "weights": [None, str, os.PathLike],
         "image_size": [Interval(numbers.Integral, 8, None, closed="left"), tuple, list],
+        "normalize": [StrOptions({"auto", "imagenet"}), None, tuple, list],
+        "mixed_precision": ["boolean"],
         "prototypes_per_class": [Interval(numbers.Integral, 1, None, closed="left")],
         "prototype_dim": [Interval(numbers.Integral, 1, None, closed="left")],
         "add_on": [StrOptions({"regular", "bottleneck"})],
@@ -248,6 +261,8 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         backbone="resnet18",
         weights=None,
         image_size=224,
+        normalize="auto",
+        mixed_precision=False,
         prototypes_per_class=10,
         prototype_dim=128,
         add_on="regular",
@@ -283,6 +298,8 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         self.backbone = backbone
         self.weights = weights
         self.image_size = image_size
+        self.normalize = normalize
+        self.mixed_precision = mixed_precision
         self.prototypes_per_class = prototypes_per_class
         self.prototype_dim = prototype_dim
         self.add_on = add_on
@@ -341,6 +358,11 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         y_enc = encoder.transform(y).astype(np.int64)
         image_size = _image_size(self.image_size)
         device = resolve_device(self.device)
+        if self.mixed_precision and device.type != "cuda":
+            raise ValueError(
+                f"mixed_precision=True needs a CUDA device; the fit would run on {device}. "
+                "Use mixed_precision=False on the CPU."
+            )
         if isinstance(self.random_state, numbers.Integral):
             seed = int(self.random_state)
         else:
@@ -368,7 +390,7 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
 
     def _fit(self, source, y_enc, classes, image_size, device, seed, log, checkpoint=None):
         t_start = time.perf_counter()
-        built = build_backbone(self.backbone, self.weights)
+        built = build_backbone(self.backbone, self.weights, self.normalize)
         channels, h, w = probe_backbone(built.module, image_size)
         geometry = cell_geometry(built.module, image_size, (h, w))
         n_classes = len(classes)
@@ -440,6 +462,7 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
             num_workers=self.num_workers,
             verbose=self.verbose,
             prototype_init=self.prototype_init,
+            mixed_precision=self.mixed_precision,
         )
         push = fit_stages(module, dataset, train_dataset, valid_dataset, y_enc, config,
                           device, log, checkpoint=checkpoint)

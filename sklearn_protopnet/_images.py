@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 _WHITE = (255, 255, 255)
 
@@ -66,8 +66,9 @@ class ImageSource:
 def check_images(X) -> ImageSource:
     """Validate X up front, before any training; never decodes pixel data.
 
-    Paths must exist and be files (checked for all of them at once, so that a
-    missing file fails in seconds and names itself). Arrays must be (n, H, W)
+    Paths must exist, be files and have an image header Pillow recognises
+    (checked for all of them up front, so that a missing or non-image file
+    fails in seconds and names itself). Arrays must be (n, H, W)
     or (n, H, W, C) with C in {1, 3, 4}, finite, and in range.
     """
     if isinstance(X, (str, os.PathLike)):
@@ -108,6 +109,14 @@ def check_images(X) -> ImageSource:
     folders = [p for p in paths if not os.path.isfile(p)]
     if folders:
         raise IsADirectoryError(f"not an image file (a directory?): {folders[0]!r}")
+    for p in paths:
+        # the header only (no pixel decoding): a file that is not an image is
+        # named now, even when fit will stream the images later
+        try:
+            with Image.open(p):
+                pass
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise OSError(f"cannot read image file {p!r}: {exc}") from exc
     return ImageSource(paths=paths)
 
 
@@ -163,39 +172,96 @@ def _flatten_alpha(img: Image.Image) -> np.ndarray:
     return np.asarray(Image.alpha_composite(background, img.convert("RGBA")).convert("RGB"))
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+_ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
+_SIXTEEN_BIT = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+# EXIF orientation -> the transposition that shows the image upright
+_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _reducible(img: Image.Image) -> Image.Image:
+    """A mode whose pixels can be averaged: ``Image.reduce`` and resizing
+    need it, and a palette index or 1-bit value cannot be averaged."""
     mode = img.mode
-    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in img.info):
+        # transparency is composited first: averaging unpremultiplied colours
+        # would bleed the colour of invisible pixels into visible ones
+        return Image.fromarray(_flatten_alpha(img))
+    if mode in ("P", "1"):
+        return img.convert("RGB" if mode == "P" else "L")
+    if mode in _SIXTEEN_BIT:
+        return img.convert("I")  # 32-bit integers, same values, reducible
+    return img
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB; 16-bit data are scaled from 0-65535, float data from [0, 1]."""
+    mode = img.mode
+    if mode in _SIXTEEN_BIT or mode == "F":
         arr = np.asarray(img, dtype=np.float64)
         if mode == "F":
             arr = arr * 255.0 if arr.max(initial=0.0) <= 1.0 else arr
         else:  # 16-bit data: full scale is 65535
             arr = arr / 257.0
         return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8)).convert("RGB")
-    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
-        mode == "P" and "transparency" in img.info
-    ):
+    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in img.info):
         return Image.fromarray(_flatten_alpha(img))
     if mode != "RGB":
-        return img.convert("RGB")
+        return img.convert("RGB")  # L, CMYK, YCbCr, P without transparency ...
     return img
+
+
+def _reduce(img: Image.Image, target: tuple[int, int]) -> Image.Image:
+    """Shrink by an integer factor while staying at least twice ``target``
+    (width, height), so that a large image is not kept at full size and the
+    final resize still has enough pixels to filter from."""
+    factor = min(img.width // (2 * target[0]), img.height // (2 * target[1]))
+    return img.reduce(factor) if factor >= 2 else img
 
 
 def open_image(path: str, draft_size: tuple[int, int] | None = None) -> Image.Image:
     """Decode ``path`` to an RGB image in the orientation the user sees.
 
-    With ``draft_size`` (width, height), a JPEG is decoded directly at a
-    reduced scale no smaller than that size, which makes 12-megapixel photos
-    cheap to load.
+    Parameters
+    ----------
+    path : str
+        An image file Pillow can read; the first frame of an animation is used.
+    draft_size : (int, int) or None
+        (width, height) the image will be resized to. When given, a JPEG is
+        decoded directly at a reduced scale (draft mode) no smaller than that,
+        and any other image is reduced by an integer factor right after
+        decoding, so a 12-megapixel file never stays at full size.
+
+    Returns
+    -------
+    PIL.Image.Image
+        RGB, EXIF orientation applied, transparency composited on white.
     """
     try:
         with Image.open(path) as img:
             img.seek(0)  # the first frame of an animation
-            if draft_size is not None and img.format == "JPEG":
-                side = max(draft_size)  # orientation may swap the axes
-                img.draft("RGB", (side, side))
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb(img).copy()
+            orientation = img.getexif().get(0x0112, 1)
+            target = None
+            if draft_size is not None:
+                target = tuple(int(v) for v in draft_size)
+                if orientation in (5, 6, 7, 8):  # the file's axes are swapped
+                    target = target[::-1]
+                if img.format == "JPEG":
+                    img.draft("RGB" if img.mode == "RGB" else img.mode, target)
+            img.load()
+            if target is not None:
+                img = _reduce(_reducible(img), target)
+            img = _to_rgb(img)
+            if orientation in _ORIENTATION:
+                img = img.transpose(_ORIENTATION[orientation])
+            return img.copy() if img.readonly else img
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise OSError(f"cannot read image file {path!r}: {exc}") from exc
 
@@ -264,6 +330,9 @@ def decode_all(source: ImageSource, image_size, num_workers: int = 0) -> torch.T
         batch_size=64,
         shuffle=False,
         num_workers=num_workers,
+        # its own generator: decoding must not draw from the global RNG, so a
+        # fit is the same whether images are cached or streamed
+        generator=torch.Generator().manual_seed(0),
     )
     start = 0
     for images, _ in loader:

@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from skorch import NeuralNet
 from skorch.callbacks import Callback, PassthroughScoring
+from skorch.dataset import unpack_data
 from skorch.helper import predefined_split
+from skorch.utils import TeeGenerator
 
 from ._checkpoint import get_rng_states, set_rng_states
 from ._last_layer import solve_last_layer
@@ -32,13 +34,77 @@ class ProtoPNetNet(NeuralNet):
 
     ``module`` returns ``(logits, min_distances)``; the loss is
     ``CE + cluster_coef * Clst - separation_coef * Sep + l1_coef * L1``.
+
+    ``mixed_precision`` runs the forward pass under autocast (float16 with
+    gradient scaling on CUDA; bfloat16 elsewhere, used only by the tests) and
+    hands float32 outputs to the loss. ``channels_last`` stores the module and
+    each batch in channels-last memory format, which cuDNN convolutions run
+    faster on. Batches are copied to the device without blocking.
     """
 
-    def __init__(self, *args, cluster_coef=0.8, separation_coef=0.08, l1_coef=1e-4, **kwargs):
+    def __init__(self, *args, cluster_coef=0.8, separation_coef=0.08, l1_coef=1e-4,
+                 mixed_precision=False, channels_last=False, **kwargs):
         super().__init__(*args, **kwargs)
         self.cluster_coef = cluster_coef
         self.separation_coef = separation_coef
         self.l1_coef = l1_coef
+        self.mixed_precision = mixed_precision
+        self.channels_last = channels_last
+
+    @property
+    def _device_type(self) -> str:
+        return torch.device(self.device).type
+
+    def initialize_module(self):
+        super().initialize_module()
+        if self.channels_last:
+            self.module_.to(memory_format=torch.channels_last)
+        return self
+
+    def initialize(self):
+        super().initialize()
+        cuda = self._device_type == "cuda"
+        self.scaler_ = torch.amp.GradScaler(
+            self._device_type, enabled=bool(self.mixed_precision) and cuda
+        )
+        return self
+
+    def infer(self, x, **fit_params):
+        if torch.is_tensor(x):
+            x = x.to(self.device, non_blocking=True)
+            if self.channels_last and x.ndim == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+        if not self.mixed_precision:
+            return super().infer(x, **fit_params)
+        dtype = torch.float16 if self._device_type == "cuda" else torch.bfloat16
+        with torch.autocast(self._device_type, dtype=dtype):
+            logits, min_distances = super().infer(x, **fit_params)
+        return logits.float(), min_distances.float()
+
+    def train_step_single(self, batch, **fit_params):
+        if not self.mixed_precision:
+            return super().train_step_single(batch, **fit_params)
+        self._set_training(True)
+        Xi, yi = unpack_data(batch)
+        y_pred = self.infer(Xi, **fit_params)
+        loss = self.get_loss(y_pred, yi, X=Xi, training=True)
+        self.scaler_.scale(loss).backward()
+        return {"loss": loss, "y_pred": y_pred}
+
+    def train_step(self, batch, **fit_params):
+        """One step; with mixed precision, through the gradient scaler (which
+        skips a step whose gradients overflowed)."""
+        if not self.mixed_precision:
+            return super().train_step(batch, **fit_params)
+        self._zero_grad_optimizer()
+        step = self.train_step_single(batch, **fit_params)
+        self.notify("on_grad_computed",
+                    named_parameters=TeeGenerator(self.get_all_learnable_params()),
+                    batch=batch, training=True)
+        for name in self._optimizers:
+            self.scaler_.step(getattr(self, name + "_"))
+        self.scaler_.update()
+        return step
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
         logits, min_distances = y_pred
@@ -102,6 +168,7 @@ class TrainingConfig:
     num_workers: int
     verbose: int
     prototype_init: str = "uniform"
+    mixed_precision: bool = False
     history: list = field(default_factory=list)
 
 
@@ -164,6 +231,8 @@ def fit_stages(module, dataset, train_dataset, valid_dataset, y_enc, config, dev
         cluster_coef=config.cluster_coef,
         separation_coef=config.separation_coef,
         l1_coef=config.last_layer_l1,
+        mixed_precision=config.mixed_precision,
+        channels_last=cuda,
         verbose=0,
     )
     pushes = set(push_epochs(config.warm_epochs, config.joint_epochs,
