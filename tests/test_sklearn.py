@@ -230,10 +230,6 @@ def test_bad_input_is_rejected_before_training(bar_data, small_files, tmp_path, 
         tiny_classifier().fit(X, y)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "when the decoded images exceed memory_budget, fit streams from the files and a "
-    "non-image file is only found while training; check_images (in _images.py) should "
-    "open each file's header (PIL.Image.open, no decoding) up front"))
 def test_text_file_is_rejected_before_training_when_streaming(small_files, tmp_path,
                                                               monkeypatch):
     paths, labels = small_files
