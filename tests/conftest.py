@@ -99,3 +99,14 @@ def fitted(bar_files):
     """One fitted model on the bar files, shared by read-only tests."""
     paths, labels = bar_files
     return tiny_classifier().fit(paths, labels)
+
+
+def forbid_training(monkeypatch):
+    """Make any start of the training stages fail the test: for checks that
+    must reject input before training."""
+    from sklearn_protopnet import _classifier
+
+    def fail(*args, **kwargs):
+        raise AssertionError("training started before the problem was detected")
+
+    monkeypatch.setattr(_classifier, "fit_stages", fail)

@@ -9,10 +9,9 @@ import torch
 from sklearn.exceptions import NotFittedError
 
 from sklearn_protopnet import ProtoPNetClassifier
-from sklearn_protopnet import _classifier as classifier_module
 from sklearn_protopnet._network import SIMILARITY_EPSILON
 
-from .conftest import tiny_classifier, write_pngs
+from .conftest import forbid_training, tiny_classifier, write_pngs
 
 
 def test_logits_are_similarities_times_weights(fitted, bar_files):
@@ -118,16 +117,9 @@ def test_not_fitted():
         ProtoPNetClassifier().predict(["x.png"])
 
 
-def _forbid_training(monkeypatch):
-    def fail(*args, **kwargs):
-        raise AssertionError("training started before the input was checked")
-
-    monkeypatch.setattr(classifier_module, "fit_stages", fail)
-
-
 def test_missing_file_is_named_before_training(bar_files, monkeypatch):
     paths, labels = bar_files
-    _forbid_training(monkeypatch)
+    forbid_training(monkeypatch)
     bad = list(paths)
     bad[7] = os.path.join(os.path.dirname(paths[0]), "no-such-image.png")
     with pytest.raises(FileNotFoundError, match="no-such-image.png"):
@@ -136,7 +128,7 @@ def test_missing_file_is_named_before_training(bar_files, monkeypatch):
 
 def test_corrupt_file_is_named_before_training(bar_files, tmp_path, monkeypatch):
     paths, labels = bar_files
-    _forbid_training(monkeypatch)
+    forbid_training(monkeypatch)
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
     bad = list(paths)
@@ -159,7 +151,7 @@ def test_corrupt_file_is_named_before_training(bar_files, tmp_path, monkeypatch)
     ],
 )
 def test_bad_input_is_rejected_before_training(bar_data, monkeypatch, make_bad, error, match):
-    _forbid_training(monkeypatch)
+    forbid_training(monkeypatch)
     X, y = make_bad(*bar_data)
     with pytest.raises(error, match=match):
         tiny_classifier().fit(X, y)

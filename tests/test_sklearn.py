@@ -19,9 +19,8 @@ from sklearn.utils import estimator_checks
 from sklearn.utils._param_validation import InvalidParameterError
 
 from sklearn_protopnet import ProtoPNetClassifier
-from sklearn_protopnet import _classifier as classifier_module
 
-from .conftest import make_bar_images, tiny_classifier
+from .conftest import forbid_training, make_bar_images, tiny_classifier
 
 # Cheap settings for the tests that fit many times (search, cross-validation).
 QUICK = dict(warm_epochs=1, joint_epochs=1, push_start=1, last_layer_tol=1e-4)
@@ -35,13 +34,6 @@ def small_files(tmp_path_factory):
     images, labels = make_bar_images(12, seed=1)
     paths = write_pngs(str(tmp_path_factory.mktemp("small")), images)
     return paths, np.where(labels == 0, "h", "v")
-
-
-def forbid_training(monkeypatch):
-    def fail(*args, **kwargs):
-        raise AssertionError("training started before the problem was detected")
-
-    monkeypatch.setattr(classifier_module, "fit_stages", fail)
 
 
 # ------------------------------------------------------------------ pipelines
