@@ -7,7 +7,8 @@ images; for each test image the box of the top evidence item (largest
 contribution to the predicted class) should hold the motif's centre while
 covering at most a quarter of the image. Reports, per seed, that hit rate,
 the largest box area and the test accuracy, next to the accuracy of a plain
-CNN (the same backbone, global max pooling, a linear layer) on the same data.
+CNN (the same backbone, global max pooling, a linear layer) on the same data,
+for each ``prototype_init``.
 
     python benchmarks/planted_motif.py --seeds 3 --per-class 100
 """
@@ -21,34 +22,8 @@ import numpy as np
 import torch
 
 from sklearn_protopnet import ProtoPNetClassifier
+from sklearn_protopnet._synthetic import make_motif_images
 from sklearn_protopnet.backbones import SmallCNN
-
-MOTIF = 8
-
-
-def make_motif_images(n_per_class: int, size: int = 32, seed: int = 0):
-    """Images (n, size, size, 3), labels and the motif centres (x, y) in pixels."""
-    rng = np.random.default_rng(seed)
-    plus = np.zeros((MOTIF, MOTIF), bool)
-    plus[3:5, :] = plus[:, 3:5] = True
-    ring = np.ones((MOTIF, MOTIF), bool)
-    ring[2:6, 2:6] = False
-    motifs = [(plus, (255, 40, 40)), (ring, (40, 40, 255))]
-    images, labels, centres = [], [], []
-    for label, (mask, colour) in enumerate(motifs):
-        for _ in range(n_per_class):
-            img = rng.integers(0, 12, size=(size, size, 3)).astype(np.uint8)
-            for _ in range(2):
-                r, c = rng.integers(0, size - 6, size=2)
-                img[r : r + 6, c : c + 6] = 200
-            r, c = rng.integers(0, size - 8, size=2)
-            img[r : r + 2, c : c + 8] = 120
-            r, c = rng.integers(0, size - MOTIF + 1, size=2)
-            img[r : r + MOTIF, c : c + MOTIF][mask] = colour
-            images.append(img)
-            labels.append(label)
-            centres.append((c + MOTIF / 2, r + MOTIF / 2))
-    return np.stack(images), np.array(labels), np.array(centres)
 
 
 def plain_cnn_accuracy(X, y, X_test, y_test, seed: int, epochs: int) -> float:
@@ -78,11 +53,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--joint-epochs", type=int, default=20)
+    parser.add_argument("--init", nargs="+", default=["patches", "discriminative"])
     args = parser.parse_args()
-    print("| seed | top box holds motif | largest box / image | ProtoPNet acc | "
-          "plain CNN acc | fit time |")
-    print("|---|---|---|---|---|---|")
-    for seed in range(args.seeds):
+    print("| prototype_init | seed | top box holds motif | largest box / image | "
+          "ProtoPNet acc | plain CNN acc | fit time |")
+    print("|---|---|---|---|---|---|---|")
+    for init, seed in [(i, s) for i in args.init for s in range(args.seeds)]:
         X, y, _ = make_motif_images(args.per_class, seed=seed)
         X_test, y_test, centres = make_motif_images(20, seed=100 + seed)
         with torch.random.fork_rng():
@@ -91,7 +67,7 @@ def main() -> None:
         clf = ProtoPNetClassifier(
             backbone=backbone, image_size=32, prototypes_per_class=2, prototype_dim=16,
             warm_epochs=2, joint_epochs=args.joint_epochs, push_start=100, batch_size=16,
-            augment=False, random_state=seed,
+            augment=False, prototype_init=init, random_state=seed,
         )
         t0 = time.perf_counter()
         clf.fit(X, y)
@@ -102,7 +78,7 @@ def main() -> None:
             areas.append((x1 - x0) * (y1 - y0) / 32**2)
             hits.append(x0 <= cx < x1 and y0 <= cy < y1 and areas[-1] <= 0.25)
         cnn = plain_cnn_accuracy(X, y, X_test, y_test, seed, args.joint_epochs)
-        print(f"| {seed} | {np.mean(hits):.2f} | {max(areas):.2f} | "
+        print(f"| {init} | {seed} | {np.mean(hits):.2f} | {max(areas):.2f} | "
               f"{clf.score(X_test, y_test):.3f} | {cnn:.3f} | {dur:.0f} s |", flush=True)
 
 

@@ -108,3 +108,84 @@ def similarities(module: ProtoPNet, dataset, batch_size: int, device, num_worker
         logits.append(out.float().cpu().numpy())
         sims.append(s.float().cpu().numpy())
     return np.concatenate(logits), np.concatenate(sims)
+
+
+@torch.no_grad()
+def discriminative_patches(
+    module: ProtoPNet, dataset, labels: np.ndarray, batch_size: int, device, num_workers=0,
+    images_per_class: int = 32, candidates_per_class: int = 512, generator=None,
+) -> PushResult:
+    """Initialise each prototype of class k on a latent patch typical of class k
+    and rare elsewhere.
+
+    The SGD loss rewards a prototype of class k for being close to a patch of
+    every class-k image (cluster cost) and far from every patch of the other
+    classes (separation cost). A patch that every image has (background, the
+    border of the padded map) satisfies the first at once and gives the
+    cross-entropy no gradient, a trap the reference's random initialisation
+    often falls into on small data. This scores candidate patches of class k
+    by that very margin on a sample of images,
+
+        score(c) = mean over other-class images of min over cells |z - c|^2
+                 - mean over class-k images of min over cells |z - c|^2,
+
+    and gives each prototype of class k one of the best-scoring candidates,
+    at most one per source image. Like a push, every prototype is then a real
+    latent patch of a training image.
+    """
+    module.eval()
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    rng = np.random.default_rng(
+        int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item())
+    )
+    per_class = max(4, min(images_per_class, 8192 // max(len(classes), 1)))
+    sample = {k: rng.permutation(np.flatnonzero(labels == k))[:per_class] for k in classes}
+    chosen = np.concatenate(list(sample.values()))
+    z = torch.cat([module.latent(images) for _, images, _ in
+                   iterate_batches(dataset.subset(chosen), batch_size, device, num_workers)])
+    n, d, h, w = z.shape
+    cells = z.permute(0, 2, 3, 1).reshape(n, h * w, d)  # (n, hw, D)
+    row = {int(i): r for r, i in enumerate(chosen)}
+    sample_labels = labels[chosen]
+
+    def mean_min_distance(cand: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+        total = torch.zeros(len(cand), device=cand.device)
+        for start in range(0, len(rows), 16):
+            block = cells[torch.as_tensor(rows[start : start + 16], device=cells.device)]
+            dist = torch.cdist(cand[None], block.reshape(1, -1, d))[0] ** 2
+            total += dist.view(len(cand), -1, h * w).amin(dim=2).sum(dim=1)
+        return total / max(len(rows), 1)
+
+    proto_class = module.prototype_class.cpu().numpy()
+    new = module.prototypes.detach().clone()
+    source = np.full(module.n_prototypes, -1, dtype=np.int64)
+    location = np.zeros((module.n_prototypes, 2), dtype=np.int64)
+    gap = np.zeros(module.n_prototypes)
+    for k in classes:
+        own_rows = np.array([row[int(i)] for i in sample[k]])
+        other_rows = np.flatnonzero(sample_labels != k)
+        other_rows = rng.permutation(other_rows)[: max(per_class, 32)]
+        flat = rng.permutation(len(own_rows) * h * w)[:candidates_per_class]
+        cand_img, cand_cell = own_rows[flat // (h * w)], flat % (h * w)
+        cand = cells[torch.as_tensor(cand_img), torch.as_tensor(cand_cell)]
+        score = mean_min_distance(cand, other_rows) - mean_min_distance(cand, own_rows)
+        order = torch.argsort(score, descending=True).cpu().numpy()
+        js = np.flatnonzero(proto_class == k)
+        used_images: set = set()
+        picks = []
+        for c in order:
+            if cand_img[c] in used_images:
+                continue
+            used_images.add(cand_img[c])
+            picks.append(c)
+            if len(picks) == len(js):
+                break
+        picks += list(order[: len(js) - len(picks)])  # fewer images than prototypes
+        for j, c in zip(js, picks):
+            new[j] = cand[c]
+            source[j] = chosen[cand_img[c]]
+            location[j] = divmod(int(cand_cell[c]), w)
+            gap[j] = float(score[c])
+    module.prototypes.data.copy_(new)
+    return PushResult(source, location, gap)

@@ -24,7 +24,13 @@ from skorch.utils import TeeGenerator
 from ._checkpoint import get_rng_states, set_rng_states
 from ._last_layer import solve_last_layer
 from ._network import off_class_l1, prototype_losses
-from ._push import PushResult, iterate_batches, push_prototypes, similarities
+from ._push import (
+    PushResult,
+    discriminative_patches,
+    iterate_batches,
+    push_prototypes,
+    similarities,
+)
 
 _BATCH_METRICS = ("ce", "cluster", "separation", "l1", "acc")
 
@@ -299,6 +305,9 @@ class _Loop:
             if config.prototype_init == "patches":
                 push_prototypes(module, dataset, y_enc, config.batch_size, device,
                                 config.num_workers)
+            elif config.prototype_init == "discriminative":
+                discriminative_patches(module, dataset, y_enc, config.batch_size, device,
+                                       config.num_workers)
         elif kind == "sgd":
             stage = "warm" if epoch <= config.warm_epochs else "joint"
             if stage != self.stage:
