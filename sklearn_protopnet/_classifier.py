@@ -5,6 +5,7 @@ from __future__ import annotations
 import numbers
 import os
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from ._explain import prototype_parts
 from ._geometry import cell_geometry
 from ._images import ImageDataset, check_images, decode_all, make_augmentation
 from ._network import ProtoPNet
-from ._push import similarities
+from ._push import forward_batches
 from ._training import TrainingConfig, fit_stages
 
 _DEFAULT_MEMORY_BUDGET = 2 * 1024**3  # bytes of decoded uint8 images kept in memory
@@ -555,8 +556,16 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "module_")
         return self.module_.n_prototypes
 
-    def _outputs(self, X):
-        """(logits, similarities) as float64 arrays, streamed in batches."""
+    @contextmanager
+    def _inference(self, X):
+        """The one inference pass over X, streamed in batches.
+
+        Yields ``(source, batches)``, ``batches`` iterating over
+        ``(start, logits, similarities, distance_map)`` tensors
+        (:func:`._push.forward_batches`) with the network on ``device``; the
+        network is back on the CPU afterwards. ``transform``,
+        ``decision_function``, ``explain`` and ``prune`` all read it.
+        """
         check_is_fitted(self, "module_")
         source = check_images(X)
         device = resolve_device(self.device)
@@ -564,11 +573,19 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         module = self.module_
         try:
             module.to(device)
-            logits, sims = similarities(module, dataset, self.batch_size, device,
-                                        self.num_workers)
+            yield source, forward_batches(module, dataset, self.batch_size, device,
+                                          self.num_workers)
         finally:
             module.cpu()
-        return logits.astype(np.float64), sims.astype(np.float64)
+
+    def _outputs(self, X):
+        """(logits, similarities) as float64 arrays, streamed in batches."""
+        logits, sims = [], []
+        with self._inference(X) as (_, batches):
+            for _, out, s, _ in batches:
+                logits.append(out.double().cpu().numpy())
+                sims.append(s.double().cpu().numpy())
+        return np.concatenate(logits), np.concatenate(sims)
 
     def decision_function(self, X) -> np.ndarray:
         """The logits (n, K); equal to ``transform(X) @ coef_.T``."""

@@ -126,25 +126,14 @@ def _predict(args) -> None:
 
 
 def _explain(args) -> None:
-    from ._report import report_html
+    from ._report import write_sheets_and_report
 
     clf = _load(args.model)
-    os.makedirs(args.out, exist_ok=True)
     explanations = clf.explain(args.images, top_k=args.top_k)
-    used = set()
-    for explanation in explanations:
-        stem = os.path.splitext(os.path.basename(explanation.name))[0] or "image"
-        name, n = stem, 1
-        while name in used:  # the same file name in two folders
-            n += 1
-            name = f"{stem}-{n}"
-        used.add(name)
-        sheet = os.path.join(args.out, f"{name}.png")
-        explanation.save(sheet)
-        print(f"{explanation.name}\t{explanation.predicted}\t{sheet}")
     report = os.path.join(args.out, "report.html")
-    with open(report, "w", encoding="utf-8") as f:
-        f.write(report_html(clf, explanations))
+    sheets = write_sheets_and_report(clf, explanations, args.out, report)
+    for explanation, sheet in zip(explanations, sheets):
+        print(f"{explanation.name}\t{explanation.predicted}\t{sheet}")
     print(f"report written to {report}")
 
 

@@ -93,19 +93,11 @@ N_SHEETS = 4
 
 def write_explanations(clf, X, out_dir: str, top_k: int = 5) -> dict:
     """Write the prototype gallery, a scoring sheet per image and the HTML report."""
-    from ._report import report_html
+    from ._report import write_sheets_and_report
 
-    folder = os.path.join(out_dir, "explanations")
-    os.makedirs(folder, exist_ok=True)
     gallery = os.path.join(out_dir, "prototypes.png")
     clf.prototype_gallery(gallery)
-    explanations = clf.explain(X, top_k=top_k)
-    sheets = []
-    for explanation in explanations:
-        stem = os.path.splitext(os.path.basename(str(explanation.name)))[0]
-        sheets.append(os.path.join(folder, f"{stem}.png"))
-        explanation.save(sheets[-1])
     report = os.path.join(out_dir, "report.html")
-    with open(report, "w", encoding="utf-8") as f:
-        f.write(report_html(clf, explanations))
+    sheets = write_sheets_and_report(clf, clf.explain(X, top_k=top_k),
+                                     os.path.join(out_dir, "explanations"), report)
     return {"gallery": gallery, "sheets": sheets, "report": report}

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from ._geometry import CellGeometry, box_from_map, upsample_map
-from ._images import ImageDataset, ImageSource, check_images
+from ._images import ImageDataset, ImageSource
 from ._push import forward_batches
 
 #: Largest side, in pixels, of the stored prototype crops and source thumbnails.
@@ -265,8 +265,6 @@ def _class_evidence(sims, weights, maps, classes, k, prototype_class, top_k, ima
 
 def explain(estimator, X, top_k=10, classes="predicted", box_percentile=None) -> list:
     """One :class:`Explanation` per image of X; see ``ProtoPNetClassifier.explain``."""
-    from ._classifier import resolve_device
-
     top_k = _check_top_k(top_k)
     percentile = _check_percentile(
         estimator.box_percentile if box_percentile is None else box_percentile
@@ -279,30 +277,20 @@ def explain(estimator, X, top_k=10, classes="predicted", box_percentile=None) ->
         wanted = [labels[_class_index(labels, c)] for c in asked]
         if not wanted:
             raise ValueError("classes is empty")
-    source = check_images(X)
-    dataset = ImageDataset(source, estimator.image_size_)
     weights = estimator.coef_
     parts = PrototypeParts.of(estimator)
     geometry = estimator.cell_geometry_
-    module = estimator.module_
-    device = resolve_device(estimator.device)
     out = []
-    try:
-        module.to(device)
-        for start, logits_t, sims_t, dist_t in forward_batches(
-            module, dataset, estimator.batch_size, device, estimator.num_workers
-        ):
+    with estimator._inference(X) as (source, batches):
+        for start, logits_t, sims_t, dist_t in batches:
             with torch.no_grad():
-                maps_t = module.similarity(dist_t)
+                maps_t = estimator.module_.similarity(dist_t)
             logits = logits_t.double().cpu().numpy()
             sims = sims_t.double().cpu().numpy()
             maps = maps_t.float().cpu().numpy()
             for b in range(len(logits)):
-                i = start + b
-                out.append(_one(i, source, logits[b], sims[b], maps[b], labels, weights,
-                                parts, wanted, top_k, geometry, percentile))
-    finally:
-        module.cpu()
+                out.append(_one(start + b, source, logits[b], sims[b], maps[b], labels,
+                                weights, parts, wanted, top_k, geometry, percentile))
     return out
 
 
@@ -351,34 +339,27 @@ def prototype_parts(module, source: ImageSource, source_index, geometry: CellGeo
     ``percentile``. Only plain arrays, lists and strings are returned, so the
     model explains and draws without its training files.
     """
-    module.eval()
     source_index = np.asarray(source_index)
     m = len(source_index)
     unique = np.unique(source_index)
     dataset = ImageDataset(source, image_size, cache=cache).subset(unique, transform=None)
-    maps = {}
-    for lo in range(0, len(unique), batch_size):
-        images = torch.stack([dataset[t][0] for t in range(lo, min(lo + batch_size,
-                                                                    len(unique)))])
-        sim = module.similarity(module.distance_map(module.latent(images)))
-        for b in range(len(images)):
-            maps[int(unique[lo + b])] = sim[b].float().numpy()
     boxes = np.zeros((m, 4), dtype=np.int64)
     sizes = np.zeros((m, 2), dtype=np.int64)
-    crops, thumbs, paths = [], [], []
-    opened = {}
-    for j, i in enumerate(source_index):
-        i = int(i)
-        if i not in opened:
-            opened[i] = source.open(i)
-        img = opened[i]
-        width, height = img.size
-        up = upsample_map(maps[i][j], geometry, (height, width))
-        boxes[j] = box_from_map(up, percentile)
-        sizes[j] = (width, height)
-        crops.append(_shrunk(img.crop(tuple(int(v) for v in boxes[j])), CROP_MAX_SIDE))
-        thumbs.append(_shrunk(img, THUMBNAIL_MAX_SIDE))
-        paths.append(source.paths[i] if source.is_paths else None)
+    crops, thumbs = [None] * m, [None] * m
+    # one source image at full size at a time: decoded, used by its prototypes, dropped
+    for start, _, _, dist in forward_batches(module, dataset, batch_size, "cpu"):
+        maps = module.similarity(dist).float().numpy()
+        for b, i in enumerate(unique[start : start + len(maps)]):
+            img = source.open(int(i))
+            width, height = img.size
+            thumbnail = _shrunk(img, THUMBNAIL_MAX_SIDE)
+            for j in np.flatnonzero(source_index == i):
+                up = upsample_map(maps[b, j], geometry, (height, width))
+                boxes[j] = box_from_map(up, percentile)
+                sizes[j] = (width, height)
+                crops[j] = _shrunk(img.crop(tuple(int(v) for v in boxes[j])), CROP_MAX_SIDE)
+                thumbs[j] = thumbnail.copy()
+    paths = [source.paths[int(i)] if source.is_paths else None for i in source_index]
     return {
         "prototype_source_path_": paths,
         "prototype_box_": boxes,

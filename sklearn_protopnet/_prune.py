@@ -18,9 +18,7 @@ import numpy as np
 import torch
 from sklearn.utils.validation import column_or_1d
 
-from ._images import ImageDataset, check_images
 from ._last_layer import kkt_residual, solve_last_layer
-from ._push import forward_batches
 
 #: Per-prototype fitted attributes, re-indexed when prototypes are removed.
 PER_PROTOTYPE_ARRAYS = (
@@ -57,25 +55,14 @@ class NearestPatches:
 
 def _pass(estimator, X):
     """(min distances (n, m), their cells (n, m, 2), similarities (n, m)) in one pass."""
-    from ._classifier import resolve_device
-
-    source = check_images(X)
-    dataset = ImageDataset(source, estimator.image_size_)
-    module = estimator.module_
-    device = resolve_device(estimator.device)
     dists, cells, sims = [], [], []
-    try:
-        module.to(device)
-        for _, _, s, d in forward_batches(module, dataset, estimator.batch_size, device,
-                                          estimator.num_workers):
+    with estimator._inference(X) as (_, batches):
+        for _, _, s, d in batches:
             w = d.shape[3]
-            flat = d.flatten(2)
-            best, arg = flat.min(dim=2)
+            best, arg = d.flatten(2).min(dim=2)
             dists.append(best.double().cpu().numpy())
             cells.append(torch.stack([arg // w, arg % w], dim=-1).cpu().numpy())
             sims.append(s.double().cpu().numpy())
-    finally:
-        module.cpu()
     return np.concatenate(dists), np.concatenate(cells), np.concatenate(sims)
 
 

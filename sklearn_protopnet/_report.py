@@ -82,16 +82,37 @@ def report_html(estimator, explanations) -> str:
     return "\n".join(parts)
 
 
-def write_report(estimator, X, path, top_k: int = 5) -> str:
-    """Explain X and write the HTML report to ``path``; return the path."""
-    explanations = estimator.explain(X, top_k=top_k)
-    text = report_html(estimator, explanations)
+def _write_html(estimator, explanations, path) -> str:
     folder = os.path.dirname(os.fspath(path))
     if folder:
         os.makedirs(folder, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+        f.write(report_html(estimator, explanations))
     return os.fspath(path)
 
 
-__all__ = ["report_html", "write_report", "png_data_uri"]
+def write_report(estimator, X, path, top_k: int = 5) -> str:
+    """Explain X and write the HTML report to ``path``; return the path."""
+    return _write_html(estimator, estimator.explain(X, top_k=top_k), path)
+
+
+def write_sheets_and_report(estimator, explanations, folder, report_path) -> list[str]:
+    """One scoring sheet PNG per explanation in ``folder``, named after its image
+    (made unique when two images share a file name), and the HTML report of them
+    all at ``report_path``. Returns the sheets' paths, in order."""
+    os.makedirs(folder, exist_ok=True)
+    used, sheets = set(), []
+    for explanation in explanations:
+        stem = os.path.splitext(os.path.basename(str(explanation.name)))[0] or "image"
+        name, n = stem, 1
+        while name in used:  # the same file name in two folders
+            n += 1
+            name = f"{stem}-{n}"
+        used.add(name)
+        sheets.append(os.path.join(folder, f"{name}.png"))
+        explanation.save(sheets[-1])
+    _write_html(estimator, explanations, report_path)
+    return sheets
+
+
+__all__ = ["report_html", "write_report", "write_sheets_and_report", "png_data_uri"]

@@ -427,13 +427,6 @@ def calibrate_batchnorm(module, dataset, config, device, log) -> None:
         f"training images in {dur:.1f}s")
 
 
-def push_and_last_layer(module, dataset, y_enc, config, device, log, epoch):
-    """One push, then the convex last layer on the pushed prototypes."""
-    result = push_step(module, dataset, y_enc, config, device, log, epoch)
-    fit_last_layer(module, dataset, y_enc, config, device, log, epoch)
-    return result
-
-
 def push_step(module, dataset, y_enc, config, device, log, epoch):
     """Project the prototypes and record it in the history."""
     t0 = time.perf_counter()
