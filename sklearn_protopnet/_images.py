@@ -186,11 +186,15 @@ _ORIENTATION = {
 }
 
 
+def _has_alpha(img: Image.Image) -> bool:
+    return img.mode in _ALPHA_MODES or (img.mode == "P" and "transparency" in img.info)
+
+
 def _reducible(img: Image.Image) -> Image.Image:
     """A mode whose pixels can be averaged: ``Image.reduce`` and resizing
     need it, and a palette index or 1-bit value cannot be averaged."""
     mode = img.mode
-    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in img.info):
+    if _has_alpha(img):
         # transparency is composited first: averaging unpremultiplied colours
         # would bleed the colour of invisible pixels into visible ones
         return Image.fromarray(_flatten_alpha(img))
@@ -211,7 +215,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         else:  # 16-bit data: full scale is 65535
             arr = arr / 257.0
         return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8)).convert("RGB")
-    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in img.info):
+    if _has_alpha(img):
         return Image.fromarray(_flatten_alpha(img))
     if mode != "RGB":
         return img.convert("RGB")  # L, CMYK, YCbCr, P without transparency ...
