@@ -119,7 +119,7 @@ def main() -> None:
                   flush=True)
     print()
     for name, rates in summary.items():
-        print(f"{name}: top box holds motif, median {statistics.median(rates):.2f}, "
+        print(f"- {name}: top box holds motif, median {statistics.median(rates):.2f}, "
               f"lowest {min(rates):.2f} over {len(rates)} seeds")
 
 
