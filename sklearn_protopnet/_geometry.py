@@ -305,7 +305,10 @@ def upsample_map(cell_map: np.ndarray, geometry: CellGeometry,
     ):
         # output pixel centre -> input pixel coordinate -> cell coordinate
         pixel = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-        cell = (pixel - offset) / stride
+        # clipped: beyond the outermost centres the map is held at their value
+        # (grid_sample's border padding clamps each bicubic tap, not the
+        # coordinate, and would overshoot there)
+        cell = np.clip((pixel - offset) / stride, 0.0, n_cells - 1.0)
         # grid_sample with align_corners=True puts cell 0 at -1, cell n-1 at +1
         axes.append(2.0 * cell / (n_cells - 1) - 1.0 if n_cells > 1 else np.zeros_like(cell))
     gy, gx = np.meshgrid(axes[0], axes[1], indexing="ij")

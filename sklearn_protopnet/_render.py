@@ -102,8 +102,10 @@ def fit_tile(img: Image.Image, side: int = TILE) -> tuple[Image.Image, float]:
     return img.resize(size, resample), scale
 
 
-def draw_box(img: Image.Image, box, scale: float, colour=BOX) -> Image.Image:
-    x0, y0, x1, y1 = (v * scale for v in box)
+def draw_box(img: Image.Image, box, scale, colour=BOX) -> Image.Image:
+    """Draw ``box`` (x0, y0, x1, y1) scaled by ``scale``, a float or (sx, sy)."""
+    sx, sy = (scale, scale) if np.isscalar(scale) else scale
+    x0, y0, x1, y1 = box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy
     draw = ImageDraw.Draw(img)
     width = max(2, round(min(img.size) / 60))
     draw.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=colour, width=width)
@@ -121,17 +123,18 @@ def overlay(image: Image.Image, activation_map: np.ndarray, alpha: float = 0.45)
 
 def this_tile(image: Image.Image, item) -> Image.Image:
     """Test image with the evidence's heat map and box."""
-    tile, scale = fit_tile(overlay(image, item.activation_map))
-    return draw_box(tile, item.box, scale)
+    tile, _ = fit_tile(overlay(image, item.activation_map))
+    return draw_box(tile, item.box, (tile.size[0] / image.size[0], tile.size[1] / image.size[1]))
 
 
 def that_tiles(parts, j: int) -> tuple[Image.Image, Image.Image]:
     """The prototype's crop, and its box on the thumbnail of its source image."""
     crop, _ = fit_tile(Image.fromarray(parts.crop[j]))
-    thumb = Image.fromarray(parts.thumbnail[j])
-    tile, scale = fit_tile(thumb)
-    scale *= thumb.size[0] / float(parts.source_size[j][0])  # thumbnail -> original pixels
-    return crop, draw_box(tile, parts.box[j], scale)
+    tile, _ = fit_tile(Image.fromarray(parts.thumbnail[j]))
+    # original source pixels -> tile pixels, per axis: the thumbnail's and the
+    # tile's rounding make the two ratios differ for long, thin images
+    width, height = (float(v) for v in parts.source_size[j])
+    return crop, draw_box(tile, parts.box[j], (tile.size[0] / width, tile.size[1] / height))
 
 
 def _paste_centred(canvas, img, x, y, side=TILE):

@@ -98,14 +98,17 @@ def write_report(estimator, X, path, top_k: int = 5) -> str:
 
 def write_sheets_and_report(estimator, explanations, folder, report_path) -> list[str]:
     """One scoring sheet PNG per explanation in ``folder``, named after its image
-    (made unique when two images share a file name), and the HTML report of them
-    all at ``report_path``. Returns the sheets' paths, in order."""
+    (made unique when two images share a file name, and never the path of an
+    explained image: ``--out`` may be the images' own folder), and the HTML
+    report of them all at ``report_path``. Returns the sheets' paths, in order."""
     os.makedirs(folder, exist_ok=True)
+    inputs = {os.path.realpath(str(e.name)) for e in explanations}
     used, sheets = set(), []
     for explanation in explanations:
         stem = os.path.splitext(os.path.basename(str(explanation.name)))[0] or "image"
         name, n = stem, 1
-        while name in used:  # the same file name in two folders
+        # the same file name in two folders, or the explained image itself
+        while name in used or os.path.realpath(os.path.join(folder, f"{name}.png")) in inputs:
             n += 1
             name = f"{stem}-{n}"
         used.add(name)

@@ -81,6 +81,22 @@ def test_explain_writes_sheets_and_report(cli_model, class_folder, tmp_path, cap
     assert report.count("<section") == 2 and all(p in report for p in chosen)
 
 
+def test_explain_into_the_images_own_folder_leaves_them_untouched(cli_model, class_folder,
+                                                                    tmp_path):
+    import shutil
+
+    paths, _ = folder_dataset(class_folder)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    chosen = [shutil.copy(paths[0], folder / "a.png"), shutil.copy(paths[12], folder / "b.png")]
+    before = {p: open(p, "rb").read() for p in chosen}
+    assert main(["explain", cli_model, *map(str, chosen), "--out", str(folder)]) == 0
+    assert all(open(p, "rb").read() == data for p, data in before.items())
+    assert sorted(os.listdir(folder)) == ["a-2.png", "a.png", "b-2.png", "b.png", "report.html"]
+    with Image.open(folder / "a-2.png") as sheet:
+        assert sheet.size[0] > 300  # a scoring sheet, not a copy of the 16 px image
+
+
 def test_missing_model_is_a_clear_error(tmp_path, class_folder):
     paths, _ = folder_dataset(class_folder)
     with pytest.raises(SystemExit, match="model file not found"):

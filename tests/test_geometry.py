@@ -107,6 +107,18 @@ def test_upsampled_map_takes_cell_values_at_cell_centres():
     np.testing.assert_allclose(up[np.ix_(rows, cols)], cells, atol=1e-5)
 
 
+def test_upsampled_map_is_held_at_the_outermost_centres_values_beyond_them():
+    """Outside the outermost cell centres the map equals their value: no
+    bicubic overshoot that would pull the top percentile to the border."""
+    g = cell_geometry(CASES["valid"][0](), (33, 29), (7, 6))
+    ramp = np.tile(np.arange(6, dtype=np.float32), (7, 1))  # rising towards the right
+    up = upsample_map(ramp, g, (33, 29))
+    last_centre = 3 + 4 * 5  # column of the last cell's centre
+    np.testing.assert_allclose(up[:, last_centre:], 5.0, atol=1e-5)
+    np.testing.assert_allclose(up[:, :4], 0.0, atol=1e-5)  # left of the first centre (3)
+    assert up.max() <= ramp.max() + 1e-5
+
+
 def test_box_rule_is_end_exclusive():
     up = np.zeros((10, 12))
     up[2:5, 3:9] = 1.0

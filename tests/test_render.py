@@ -8,13 +8,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sklearn_protopnet._explain import _shrunk
 from sklearn_protopnet._render import (
+    BOX,
     evidence_text,
     gallery_caption,
     heat_colours,
     overlay,
     scoring_sheet,
     sheet_text,
+    that_tiles,
     total_text,
 )
 
@@ -82,6 +85,21 @@ def test_sheet_draws_the_boxes(explanations):
     sheet = np.asarray(scoring_sheet(e, image=Image.new("RGB", e.image_size, (0, 0, 0))))
     box_colour = np.array([0, 200, 255])
     assert (np.abs(sheet.astype(int) - box_colour).sum(axis=2) < 10).sum() > 50
+
+
+def test_prototype_box_on_a_long_thin_source_is_drawn_where_it_is():
+    """The source thumbnail's two axes are scaled separately: for a 15 x 1000
+    source the box over its bottom fifth is drawn over the tile's bottom fifth."""
+    from types import SimpleNamespace
+
+    source = Image.new("RGB", (15, 1000))
+    parts = SimpleNamespace(crop=[np.zeros((8, 8, 3), np.uint8)],
+                            thumbnail=[np.asarray(_shrunk(source, 160))],
+                            box=np.array([[0, 800, 15, 1000]]), source_size=np.array([[15, 1000]]))
+    _, tile = that_tiles(parts, 0)
+    rows = np.flatnonzero((np.abs(np.asarray(tile).astype(int) - BOX).sum(axis=2) < 10).any(1))
+    height = tile.size[1]
+    assert abs(rows[0] - 0.8 * height) <= 1.5 and rows[-1] >= height - 2
 
 
 def test_overlay_and_colours():
