@@ -169,7 +169,9 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
     box_percentile : float, default=95.0
         The box of a prototype (at the end of ``fit``) and of an evidence item
         (in ``explain``) is the smallest rectangle holding every pixel at or
-        above this percentile of the upsampled similarity map.
+        above this percentile of the upsampled similarity map. Like every
+        parameter it takes effect at ``fit`` (``box_percentile_``), so that
+        prototypes and test images share one rule.
 
     Attributes
     ----------
@@ -206,6 +208,9 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         Each whole source image, at most 160 px a side.
     prototype_source_size_ : ndarray of shape (m, 2)
         Original (width, height) of each source image.
+    box_percentile_ : float
+        The box rule's percentile of ``prototype_box_`` and ``prototype_crop_``,
+        and ``explain``'s default.
 
     Examples
     --------
@@ -628,7 +633,10 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
             The classes whose evidence is listed; the first is
             ``Explanation.evidence`` ("all" starts with the predicted class).
         box_percentile : float, default=None
-            The box rule's percentile; None uses ``self.box_percentile``.
+            The box rule's percentile for the test images' boxes; None uses
+            the fit's (``box_percentile_``), the rule of the prototypes'
+            boxes. Another value changes the test images' boxes only, and
+            the sheets and the report say so.
 
         Returns
         -------

@@ -101,6 +101,7 @@ class PrototypeParts:
     crop: list  # m uint8 (h, w, 3)
     thumbnail: list  # m uint8 (h, w, 3), the whole source image
     source_size: np.ndarray  # (m, 2) original (width, height)
+    percentile: float  # the box rule's percentile of ``box`` and ``crop``, set at fit
 
     @classmethod
     def of(cls, estimator) -> PrototypeParts:
@@ -112,6 +113,7 @@ class PrototypeParts:
             crop=list(estimator.prototype_crop_),
             thumbnail=list(estimator.prototype_source_thumbnail_),
             source_size=np.asarray(estimator.prototype_source_size_),
+            percentile=float(getattr(estimator, "box_percentile_", estimator.box_percentile)),
         )
 
     def source_name(self, j: int) -> str:
@@ -266,9 +268,10 @@ def _class_evidence(sims, weights, maps, classes, k, prototype_class, top_k, ima
 def explain(estimator, X, top_k=10, classes="predicted", box_percentile=None) -> list:
     """One :class:`Explanation` per image of X; see ``ProtoPNetClassifier.explain``."""
     top_k = _check_top_k(top_k)
-    percentile = _check_percentile(
-        estimator.box_percentile if box_percentile is None else box_percentile
-    )
+    parts = PrototypeParts.of(estimator)
+    # by default the rule the prototypes' boxes were drawn with at fit
+    percentile = _check_percentile(parts.percentile if box_percentile is None
+                                   else box_percentile)
     labels = estimator.classes_
     if isinstance(classes, str) and classes in ("predicted", "all"):
         wanted = classes
@@ -278,7 +281,6 @@ def explain(estimator, X, top_k=10, classes="predicted", box_percentile=None) ->
         if not wanted:
             raise ValueError("classes is empty")
     weights = estimator.coef_
-    parts = PrototypeParts.of(estimator)
     geometry = estimator.cell_geometry_
     out = []
     with estimator._inference(X) as (source, batches):
@@ -366,6 +368,7 @@ def prototype_parts(module, source: ImageSource, source_index, geometry: CellGeo
         "prototype_crop_": crops,
         "prototype_source_thumbnail_": thumbs,
         "prototype_source_size_": sizes,
+        "box_percentile_": float(percentile),
     }
 
 

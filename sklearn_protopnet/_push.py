@@ -92,13 +92,18 @@ def forward_batches(module: ProtoPNet, dataset, batch_size: int, device, num_wor
     """Yield ``(start, logits, similarities, distance_map)`` per batch, in eval mode.
 
     The one inference pass: ``transform``, ``decision_function`` and the
-    explanations all read these tensors, so they cannot drift apart.
+    explanations all read these tensors, so they cannot drift apart. The
+    logits are the float64 product of the similarities and the last layer's
+    weights, so that they equal ``transform @ coef_.T`` and the sum of the
+    contributions to float64 rounding (the float32 layer would differ from
+    both by float32 rounding).
     """
     module.eval()
+    weight = module.last_layer.weight.detach().double()
     for start, images, _ in iterate_batches(dataset, batch_size, device, num_workers):
         d = module.distance_map(module.latent(images))
-        logits, s, _ = module.head(d)
-        yield start, logits, s, d
+        s = module.similarity(d.flatten(2).amin(dim=2))
+        yield start, s.double() @ weight.T, s, d
 
 
 def similarities(module: ProtoPNet, dataset, batch_size: int, device, num_workers=0):

@@ -74,7 +74,7 @@ def sheet_text(explanation) -> dict:
             f"(probability {explanation.probabilities[k]:.3f}, logit "
             f"{_fmt(explanation.logits[k])})",
             f"image {explanation.image_size[0]}x{explanation.image_size[1]} px; "
-            f"boxes: pixels >= {explanation._percentile:g}th percentile of the map",
+            f"boxes: {box_rule_text(explanation)}",
         ],
     }
 
@@ -100,6 +100,14 @@ def fit_tile(img: Image.Image, side: int = TILE) -> tuple[Image.Image, float]:
     size = (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale)))
     resample = Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS
     return img.resize(size, resample), scale
+
+
+def box_rule_text(explanation) -> str:
+    """The box rule as drawn: test-image and prototype boxes may differ when
+    ``explain`` was given another percentile than the fit's."""
+    this, that = explanation._percentile, explanation._prototypes.percentile
+    text = f"pixels >= {this:g}th percentile of the map"
+    return text if this == that else f"{text} (prototype boxes: {that:g}th, set at fit)"
 
 
 def draw_box(img: Image.Image, box, scale, colour=BOX) -> Image.Image:

@@ -58,6 +58,16 @@ def _explanation_html(explanation, n: int) -> str:
     )
 
 
+def _percentiles(estimator, explanations) -> str:
+    fitted = float(getattr(estimator, "box_percentile_", estimator.box_percentile))
+    used = sorted({e._percentile for e in explanations} - {fitted})
+    text = f"{fitted:g}th percentile"
+    if used:
+        text += (f" ({', '.join(f'{p:g}th' for p in used)} for the test images' boxes "
+                 "where explain was given another percentile)")
+    return text
+
+
 def report_html(estimator, explanations) -> str:
     """The report as one HTML string."""
     from ._render import prototype_gallery
@@ -71,8 +81,7 @@ def report_html(estimator, explanations) -> str:
         f"<p>{estimator.n_prototypes_} prototypes, classes "
         f"{html.escape(', '.join(map(str, estimator.classes_)))}. Each logit is the sum over "
         "prototypes of similarity x weight; a box holds the pixels at or above the "
-        f"{explanations[0]._percentile if explanations else estimator.box_percentile:g}th "
-        "percentile of the upsampled similarity map.</p>",
+        f"{_percentiles(estimator, explanations)} of the upsampled similarity map.</p>",
         "<h2>Prototypes</h2>",
         f"<img alt='prototype gallery' src='{gallery}'>",
         "<h2>Explanations</h2>",

@@ -20,7 +20,9 @@ def test_logits_are_similarities_times_weights(fitted, bar_files):
     sims = fitted.transform(paths)
     assert logits.shape == (len(paths), 2)
     assert sims.shape == (len(paths), fitted.n_prototypes_)
-    np.testing.assert_allclose(logits, sims @ fitted.coef_.T, rtol=1e-5, atol=1e-5)
+    # float64 logits from the same similarities and weights: equal to rounding
+    assert logits.dtype == np.float64
+    np.testing.assert_allclose(logits, sims @ fitted.coef_.T, rtol=1e-12, atol=1e-12)
 
 
 def test_probabilities_and_predictions_agree(fitted, bar_files):

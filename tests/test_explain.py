@@ -47,7 +47,7 @@ def test_contributions_add_up_to_the_logits(fitted, new_images):
             k = int(np.flatnonzero(fitted.classes_ == label)[0])
             assert sorted(item.prototype for item in items) == list(range(fitted.n_prototypes_))
             total = sum(item.contribution for item in items)
-            np.testing.assert_allclose(total, logits[i, k], rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(total, logits[i, k], rtol=1e-12, atol=1e-12)
             contributions = [item.contribution for item in items]
             assert contributions == sorted(contributions, reverse=True)
             for item in items:
@@ -77,7 +77,7 @@ def test_top_k_and_class_options(fitted, new_images):
     assert e.evidence_for(other) is e.evidence
     np.testing.assert_allclose(
         sum(x.contribution for x in e.evidence_for(e.runner_up, top_k=None)),
-        e.logit(e.runner_up), rtol=1e-5)
+        e.logit(e.runner_up), rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="unknown class"):
         fitted.explain(new_images[:1], classes="no such class")
     with pytest.raises(ValueError, match="top_k"):
@@ -120,6 +120,30 @@ def test_box_percentile(fitted, new_images):
         for p, q in zip(a.evidence, b.evidence):
             area = lambda box: (box[2] - box[0]) * (box[3] - box[1])  # noqa: E731
             assert area(p.box) >= area(q.box)
+
+
+def test_one_box_rule_for_prototypes_and_test_images(fitted, new_images):
+    """explain's default percentile is the fit's, the one the prototypes' boxes
+    were drawn with, even after set_params; another value is stated as such."""
+    import copy
+
+    from sklearn_protopnet._render import sheet_text
+
+    assert fitted.box_percentile_ == fitted.box_percentile == 95
+    changed = copy.deepcopy(fitted).set_params(box_percentile=50)
+    (default,) = changed.explain(new_images[:1], top_k=3)
+    (same,) = fitted.explain(new_images[:1], top_k=3)
+    assert [e.box for e in default.evidence] == [e.box for e in same.evidence]
+    assert "pixels >= 95th percentile of the map" in sheet_text(default)["header"][1]
+    assert "set at fit" not in sheet_text(default)["header"][1]
+    (other,) = fitted.explain(new_images[:1], top_k=3, box_percentile=50)
+    assert sheet_text(other)["header"][1].endswith(
+        "pixels >= 50th percentile of the map (prototype boxes: 95th, set at fit)")
+    from sklearn_protopnet._report import report_html
+
+    assert ("95th percentile (50th for the test images' boxes where explain was given "
+            "another percentile)") in report_html(fitted, [same, other])
+    assert "95th percentile of the upsampled" in report_html(fitted, [same])
 
 
 def test_prototype_that_data(fitted, bar_files):
