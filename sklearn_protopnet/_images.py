@@ -58,8 +58,9 @@ class ImageSource:
         """The i-th image, resized, as a uint8 tensor (3, H, W)."""
         if self.is_paths:
             arr = load_resized(self.paths[i], image_size)
-        else:
-            arr = _resize(Image.fromarray(self.array[i]), image_size)
+        else:  # the same reduction and resize as a (non-JPEG) file of these pixels
+            h, w = image_size
+            arr = _resize(_reduce(Image.fromarray(self.array[i]), (w, h)), image_size)
         return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from sklearn_protopnet import _images
@@ -196,3 +197,20 @@ def test_arrays_and_files_decode_alike(tmp_path):
     from_array = check_images(rgb[None]).load(0, (12, 20))
     assert from_file.dtype == from_array.dtype and from_file.shape == (3, 12, 20)
     assert (from_file == from_array).all()
+
+
+def test_an_array_and_a_png_of_the_same_pixels_give_the_model_the_same_input(tmp_path):
+    """Large images are first reduced by an integer factor (files while
+    decoding); arrays take the same steps, so the input does not depend on how
+    the images were given."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(2, 120, 200, 3), dtype=np.uint8)
+    paths = []
+    for i, img in enumerate(pixels):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(img).save(paths[-1])
+    from_array, from_files = check_images(pixels), check_images(paths)
+    for i in range(2):
+        a, b = from_array.load(i, (16, 16)), from_files.load(i, (16, 16))
+        assert a.shape == (3, 16, 16)
+        assert torch.equal(a, b)
