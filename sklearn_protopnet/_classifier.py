@@ -569,7 +569,9 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         ``(start, logits, similarities, distance_map)`` tensors
         (:func:`._push.forward_batches`) with the network on ``device``; the
         network is back on the CPU afterwards. ``transform``,
-        ``decision_function``, ``explain`` and ``prune`` all read it.
+        ``decision_function``, ``explain`` and ``prune`` all read it. The
+        user's global torch RNG is left as it was (the data loader draws a
+        seed from it on every pass).
         """
         check_is_fitted(self, "module_")
         source = check_images(X)
@@ -577,9 +579,10 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         dataset = ImageDataset(source, self.image_size_)
         module = self.module_
         try:
-            module.to(device)
-            yield source, forward_batches(module, dataset, self.batch_size, device,
-                                          self.num_workers)
+            with torch.random.fork_rng(devices=[]):
+                module.to(device)
+                yield source, forward_batches(module, dataset, self.batch_size, device,
+                                              self.num_workers)
         finally:
             module.cpu()
 

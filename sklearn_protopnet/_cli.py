@@ -55,9 +55,23 @@ def _build_parser() -> argparse.ArgumentParser:
     explain.add_argument("images", nargs="+", help="image files")
     explain.add_argument("--out", default="protopnet-explanations",
                          help="output folder (default: ./protopnet-explanations)")
-    explain.add_argument("--top-k", type=int, default=5,
-                         help="evidence items per class on a sheet (default: 5)")
+    explain.add_argument("--top-k", type=_top_k, default=5,
+                         help="evidence items per class on a sheet, or 'all' (every "
+                              "prototype; the shown items then add up to the logit) "
+                              "(default: 5)")
     return parser
+
+
+def _top_k(text: str):
+    if text == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1 or 'all', got {text!r}")
+    return value
 
 
 def folder_dataset(folder: str) -> tuple[list[str], list[str]]:

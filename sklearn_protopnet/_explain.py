@@ -32,7 +32,7 @@ THUMBNAIL_MAX_SIDE = 160
 # --------------------------------------------------------------------------
 # the data
 # --------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays inside: compared and hashed by identity
 class Evidence:
     """One prototype's part in one class's logit for one image.
 

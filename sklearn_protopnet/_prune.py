@@ -68,7 +68,9 @@ def _pass(estimator, X):
 
 def _nearest(dist, cells, k) -> NearestPatches:
     n = dist.shape[0]
-    if not 1 <= k <= n:
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    if k > n:
         raise ValueError(f"k={k} nearest patches asked for, but X has {n} images")
     order = np.argsort(dist.T, axis=1, kind="stable")[:, :k]  # (m, k)
     rows = np.arange(order.shape[0])[:, None]
@@ -78,7 +80,7 @@ def _nearest(dist, cells, k) -> NearestPatches:
 def nearest_patches(estimator, X, k: int = 6) -> NearestPatches:
     """Each prototype's ``k`` nearest patches in X, one per image (the global view)."""
     dist, cells, _ = _pass(estimator, X)
-    return _nearest(dist, cells, int(k))
+    return _nearest(dist, cells, k)
 
 
 def merge_duplicates(source_index, location, weight):
@@ -153,7 +155,10 @@ def prune(estimator, X, y, k: int = 6, min_own: int = 3) -> dict:
         new.prototypes = torch.nn.Parameter(module.prototypes.detach()[keep].clone(),
                                             requires_grad=False)
         new.prototype_class = module.prototype_class[keep].clone()
-        new.last_layer = torch.nn.Linear(len(keep), n_classes, bias=False)
+        # no random initialisation (it would draw from the global torch RNG):
+        # the weights are set from the solution below
+        new.last_layer = torch.nn.utils.skip_init(torch.nn.Linear, len(keep), n_classes,
+                                                  bias=False)
         new.last_layer.weight.requires_grad_(False)
     own = new.own_class_mask().cpu().numpy()
     sol = solve_last_layer(S[:, keep], y_enc, own, estimator.last_layer_l1,

@@ -97,6 +97,18 @@ def test_explain_into_the_images_own_folder_leaves_them_untouched(cli_model, cla
         assert sheet.size[0] > 300  # a scoring sheet, not a copy of the 16 px image
 
 
+def test_explain_top_k(cli_model, class_folder, tmp_path, capsys):
+    paths, _ = folder_dataset(class_folder)
+    for bad in ("0", "-1", "x"):
+        with pytest.raises(SystemExit):
+            main(["explain", cli_model, paths[0], "--out", str(tmp_path), "--top-k", bad])
+        assert "expected an int >= 1 or 'all'" in capsys.readouterr().err
+    out = tmp_path / "all"
+    assert main(["explain", cli_model, paths[0], "--out", str(out), "--top-k", "all"]) == 0
+    report = (out / "report.html").read_text(encoding="utf-8")
+    assert "other prototypes" not in report  # every prototype is shown
+
+
 def test_missing_model_is_a_clear_error(tmp_path, class_folder):
     paths, _ = folder_dataset(class_folder)
     with pytest.raises(SystemExit, match="model file not found"):

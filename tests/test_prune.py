@@ -68,6 +68,23 @@ def test_nearest_patches_are_the_smallest_distances(fitted, bar_files):
     h, w = fitted.feature_map_shape_
     assert (near.location >= 0).all() and (near.location[..., 0] < h).all()
     assert (near.location[..., 1] < w).all()
+    for bad in (2.7, True, 0):
+        with pytest.raises(ValueError, match="k must be an int >= 1"):
+            fitted.nearest_patches(paths, k=bad)
+    with pytest.raises(ValueError, match="but X has"):
+        fitted.nearest_patches(paths[:3], k=4)
+
+
+def test_inference_and_prune_leave_the_global_random_state_alone(fitted, bar_files):
+    import copy
+
+    paths, labels = bar_files
+    clf = copy.deepcopy(fitted)
+    state = torch.get_rng_state()
+    clf.predict_proba(paths)
+    clf.explain(paths[:2])
+    clf.prune(paths, labels)
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_prune_merges_duplicates(fitted, bar_files):
