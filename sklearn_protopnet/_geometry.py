@@ -40,6 +40,7 @@ falls back to even tiling, recorded in ``CellGeometry.method``.
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -283,6 +284,41 @@ def cell_geometry(backbone: torch.nn.Module, image_size: tuple[int, int],
                         (int(rr), int(rc)), "probed")
 
 
+#: The cubic convolution kernel's parameter, as in PyTorch's and OpenCV's bicubic.
+_CUBIC_A = -0.75
+
+
+def _cubic_weights(t: np.ndarray) -> np.ndarray:
+    """Weights (n, 4) of the taps at -1, 0, +1, +2 around a point ``t`` in [0, 1)."""
+    a = _CUBIC_A
+
+    def near(x):  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x):  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    return np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=-1)
+
+
+@functools.lru_cache(maxsize=64)
+def _interpolation_matrix(n_out: int, n_in: int, n_cells: int, stride: float,
+                          offset: float) -> np.ndarray:
+    """(n_out, n_cells) bicubic interpolation from cell centres to output pixels."""
+    # output pixel centre -> input pixel coordinate -> cell coordinate, held
+    # at the outermost centres beyond them
+    pixel = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    cell = np.clip((pixel - offset) / stride, 0.0, n_cells - 1.0)
+    base = np.floor(cell).astype(np.int64)
+    weights = _cubic_weights(cell - base)
+    matrix = np.zeros((n_out, n_cells))
+    rows = np.arange(n_out)
+    for k in range(4):  # taps outside the map take the border cell's value
+        np.add.at(matrix, (rows, np.clip(base - 1 + k, 0, n_cells - 1)), weights[:, k])
+    matrix.setflags(write=False)
+    return matrix
+
+
 def upsample_map(cell_map: np.ndarray, geometry: CellGeometry,
                  out_size: tuple[int, int]) -> np.ndarray:
     """Bicubic interpolation of an (h, w) cell map over an image of ``out_size``.
@@ -293,29 +329,23 @@ def upsample_map(cell_map: np.ndarray, geometry: CellGeometry,
     (``geometry.centre``) mapped to output pixels; between centres the map is
     interpolated bicubically, beyond the outermost centres it is held at the
     border value.
+
+    Bicubic interpolation is separable, so this is two small matrix products,
+    ``rows @ cell_map @ cols.T``: no per-pixel sampling grid, which for a
+    12-megapixel photo would take hundreds of megabytes. The values are
+    those of PyTorch's bicubic ``grid_sample`` at the same (clipped)
+    coordinates (tested).
     """
-    cell_map = np.asarray(cell_map, dtype=np.float32)
+    cell_map = np.asarray(cell_map, dtype=np.float64)
     h, w = cell_map.shape
     out_h, out_w = (int(v) for v in out_size)
     H, W = geometry.input_size
-    axes = []
-    for n_out, n_in, n_cells, stride, offset in (
-        (out_h, H, h, geometry.stride[0], geometry.offset[0]),
-        (out_w, W, w, geometry.stride[1], geometry.offset[1]),
-    ):
-        # output pixel centre -> input pixel coordinate -> cell coordinate
-        pixel = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-        # clipped: beyond the outermost centres the map is held at their value
-        # (grid_sample's border padding clamps each bicubic tap, not the
-        # coordinate, and would overshoot there)
-        cell = np.clip((pixel - offset) / stride, 0.0, n_cells - 1.0)
-        # grid_sample with align_corners=True puts cell 0 at -1, cell n-1 at +1
-        axes.append(2.0 * cell / (n_cells - 1) - 1.0 if n_cells > 1 else np.zeros_like(cell))
-    gy, gx = np.meshgrid(axes[0], axes[1], indexing="ij")
-    grid = torch.from_numpy(np.stack([gx, gy], axis=-1).astype(np.float32))[None]
-    t = torch.from_numpy(cell_map)[None, None]
-    up = F.grid_sample(t, grid, mode="bicubic", padding_mode="border", align_corners=True)
-    return up[0, 0].numpy()
+    rows = _interpolation_matrix(out_h, int(H), h, float(geometry.stride[0]),
+                                 float(geometry.offset[0]))
+    cols = _interpolation_matrix(out_w, int(W), w, float(geometry.stride[1]),
+                                 float(geometry.offset[1]))
+    # the small product in float64, the image-sized one straight into float32
+    return (rows @ cell_map).astype(np.float32) @ cols.T.astype(np.float32)
 
 
 def box_from_map(upsampled: np.ndarray, percentile: float = 95.0) -> tuple[int, int, int, int]:

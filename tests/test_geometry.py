@@ -119,6 +119,32 @@ def test_upsampled_map_is_held_at_the_outermost_centres_values_beyond_them():
     assert up.max() <= ramp.max() + 1e-5
 
 
+@pytest.mark.parametrize("out_size", [(33, 29), (100, 71), (12, 9), (1, 1)])
+@pytest.mark.parametrize("map_size", [(7, 6), (1, 6), (1, 1)])
+def test_separable_upsampling_equals_torch_bicubic_grid_sample(out_size, map_size):
+    """The two matrix products give torch's bicubic at the clipped coordinates."""
+    import torch
+    from torch.nn import functional as F
+
+    from sklearn_protopnet._geometry import CellGeometry
+
+    g = CellGeometry((33, 29), map_size, (4.0, 4.5), (3.0, 2.25), (9, 9), "probed")
+    cells = np.random.default_rng(1).random(map_size).astype(np.float32)
+    axes = []
+    for n_out, n_in, n, stride, offset in ((out_size[0], 33, map_size[0], 4.0, 3.0),
+                                           (out_size[1], 29, map_size[1], 4.5, 2.25)):
+        pixel = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+        cell = np.clip((pixel - offset) / stride, 0, n - 1)
+        axes.append(2 * cell / (n - 1) - 1 if n > 1 else np.zeros_like(cell))
+    gy, gx = np.meshgrid(*axes, indexing="ij")
+    grid = torch.from_numpy(np.stack([gx, gy], -1).astype(np.float32))[None]
+    expected = F.grid_sample(torch.from_numpy(cells)[None, None], grid, mode="bicubic",
+                             padding_mode="border", align_corners=True)[0, 0].numpy()
+    up = upsample_map(cells, g, out_size)
+    assert up.shape == out_size and up.dtype == np.float32
+    np.testing.assert_allclose(up, expected, atol=2e-6)
+
+
 def test_box_rule_is_end_exclusive():
     up = np.zeros((10, 12))
     up[2:5, 3:9] = 1.0
