@@ -215,6 +215,8 @@ class Explanation:
 # the computation
 # --------------------------------------------------------------------------
 def _class_index(classes: np.ndarray, label) -> int:
+    if np.ndim(label) != 0:  # a sequence would be compared element by element
+        raise ValueError(f"a class label must be a single value, got {label!r}")
     hits = np.flatnonzero(classes == label)
     if len(hits) == 0:
         raise ValueError(f"unknown class {label!r}; the classes are {list(classes)}")

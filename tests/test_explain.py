@@ -80,6 +80,8 @@ def test_top_k_and_class_options(fitted, new_images):
         e.logit(e.runner_up), rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="unknown class"):
         fitted.explain(new_images[:1], classes="no such class")
+    with pytest.raises(ValueError, match="a class label must be a single value"):
+        e.logit(list(fitted.classes_[::-1]))  # not matched element by element
     with pytest.raises(ValueError, match="top_k"):
         fitted.explain(new_images[:1], top_k=0)
 
