@@ -12,6 +12,8 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ._geometry import upsample_map
+
 TILE = 112  # side of the image tiles in a sheet row, pixels
 PAD = 8
 BACKGROUND = (255, 255, 255)
@@ -129,10 +131,17 @@ def overlay(image: Image.Image, activation_map: np.ndarray, alpha: float = 0.45)
     return Image.blend(image.convert("RGB"), heat, alpha)
 
 
-def this_tile(image: Image.Image, item) -> Image.Image:
-    """Test image with the evidence's heat map and box."""
-    tile, _ = fit_tile(overlay(image, item.activation_map))
-    return draw_box(tile, item.box, (tile.size[0] / image.size[0], tile.size[1] / image.size[1]))
+def this_tile(tile: Image.Image, image_size: tuple[int, int], item) -> Image.Image:
+    """The test image's tile with the evidence's heat map and box.
+
+    ``tile`` is the test image already scaled to a tile (``fit_tile``) and
+    ``image_size`` its original (width, height). The heat map is the
+    similarity map upsampled straight to the tile's pixels, so that a photo's
+    full-size map is never drawn; the box is the one in original pixels.
+    """
+    heat = upsample_map(item.similarity_map, item.geometry, (tile.size[1], tile.size[0]))
+    return draw_box(overlay(tile, heat), item.box,
+                    (tile.size[0] / image_size[0], tile.size[1] / image_size[1]))
 
 
 def that_tiles(parts, j: int) -> tuple[Image.Image, Image.Image]:
@@ -152,7 +161,7 @@ def _paste_centred(canvas, img, x, y, side=TILE):
 # --------------------------------------------------------------------------
 # the scoring sheet
 # --------------------------------------------------------------------------
-def _column(explanation, label, items, image, parts) -> Image.Image:
+def _column(explanation, label, items, tile, parts) -> Image.Image:
     f, fb = font(13), font(15)
     lh, lhb = _text_height(f), _text_height(fb)
     text_w = 250
@@ -168,7 +177,7 @@ def _column(explanation, label, items, image, parts) -> Image.Image:
         draw.text((PAD + i * (TILE + PAD), y), name, font=font(11), fill=MUTED)
     y += 14
     for item in items:
-        _paste_centred(col, this_tile(image, item), PAD, y)
+        _paste_centred(col, this_tile(tile, explanation.image_size, item), PAD, y)
         crop, source = that_tiles(parts, item.prototype)
         _paste_centred(col, crop, PAD + TILE + PAD, y)
         _paste_centred(col, source, PAD + 2 * (TILE + PAD), y)
@@ -200,9 +209,10 @@ def scoring_sheet(explanation, image: Image.Image | None = None) -> Image.Image:
     texts = sheet_text(explanation)
     main = explanation.explained_class
     runner = explanation.runner_up
+    tile, _ = fit_tile(image)  # once: a photo is not rescaled for every row
     columns = [
-        _column(explanation, main, explanation.evidence, image, parts),
-        _column(explanation, runner, explanation.evidence_for(runner), image, parts),
+        _column(explanation, main, explanation.evidence, tile, parts),
+        _column(explanation, runner, explanation.evidence_for(runner), tile, parts),
     ]
     f, fb = font(13), font(18)
     lh, lhb = _text_height(f), _text_height(fb)
