@@ -12,12 +12,14 @@ from sklearn_protopnet._explain import _shrunk
 from sklearn_protopnet._render import (
     BOX,
     evidence_text,
+    fit_tile,
     gallery_caption,
     heat_colours,
     overlay,
     scoring_sheet,
     sheet_text,
     that_tiles,
+    this_tile,
     total_text,
 )
 
@@ -100,6 +102,26 @@ def test_prototype_box_on_a_long_thin_source_is_drawn_where_it_is():
     rows = np.flatnonzero((np.abs(np.asarray(tile).astype(int) - BOX).sum(axis=2) < 10).any(1))
     height = tile.size[1]
     assert abs(rows[0] - 0.8 * height) <= 1.5 and rows[-1] >= height - 2
+
+
+def test_heat_map_is_drawn_at_the_tile_size_where_the_box_is(explanations):
+    """The tile's heat map is the similarity map upsampled to the tile, and its
+    peak lies inside the box drawn from the original-size map."""
+    from sklearn_protopnet._geometry import upsample_map
+
+    for e in explanations:
+        item = e.evidence[0]
+        tile, _ = fit_tile(Image.new("RGB", e.image_size, (128, 128, 128)))
+        drawn = np.asarray(this_tile(tile, e.image_size, item)).astype(int)
+        heat = upsample_map(item.similarity_map, item.geometry, (tile.size[1], tile.size[0]))
+        expected = np.asarray(overlay(tile, heat)).astype(int)
+        outline = np.abs(drawn - BOX).sum(axis=2) < 10
+        assert outline.any()
+        np.testing.assert_array_equal(drawn[~outline], expected[~outline])
+        sx, sy = tile.size[0] / e.image_size[0], tile.size[1] / e.image_size[1]
+        x0, y0, x1, y1 = item.box
+        r, c = np.unravel_index(np.argmax(heat), heat.shape)
+        assert x0 * sx - 1 <= c + 0.5 <= x1 * sx + 1 and y0 * sy - 1 <= r + 0.5 <= y1 * sy + 1
 
 
 def test_overlay_and_colours():
