@@ -227,6 +227,10 @@ def fit_stages(module, dataset, train_dataset, valid_dataset, y_enc, config, dev
         max_epochs=1,
         train_split=None if valid_dataset is None else predefined_split(valid_dataset),
         iterator_train__shuffle=True,
+        # a last batch of one image cannot be batch-normalised where the
+        # feature map is 1 x 1 (a ResNet at <= 47 px); dropping it leaves out
+        # one random image per epoch
+        iterator_train__drop_last=len(train_dataset) % config.batch_size == 1,
         iterator_train__num_workers=config.num_workers,
         iterator_train__pin_memory=cuda,
         iterator_valid__num_workers=config.num_workers,
@@ -413,8 +417,10 @@ def calibrate_batchnorm(module, dataset, config, device, log) -> None:
     for layer in layers:
         layer.train()
     try:
-        for _, images, _ in iterate_batches(dataset, config.batch_size, device,
-                                            config.num_workers):
+        for start, images, _ in iterate_batches(dataset, config.batch_size, device,
+                                                config.num_workers):
+            if len(images) == 1 and start > 0:
+                break  # a last batch of one image cannot be batch-normalised on 1 x 1 maps
             module.backbone(module.normalise(images))
     finally:
         for layer, momentum in zip(layers, momenta):

@@ -204,3 +204,17 @@ def test_worker_processes_give_the_same_model(bar_files, fitted):
     with_workers = tiny_classifier(num_workers=1).fit(paths, labels)  # as ``fitted``
     np.testing.assert_allclose(with_workers.transform(paths), fitted.transform(paths),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_a_last_batch_of_one_image_on_a_1x1_feature_map_trains():
+    """ResNet at 32 px has a 1 x 1 map: BatchNorm cannot use a batch of one
+    image there, so calibration and SGD leave out a last batch of one."""
+    X, y = make_bar_images(9, size=32)
+    X, y = X[:17], y[:17]  # 17 = 16 + 1
+    clf = ProtoPNetClassifier(backbone="resnet18", image_size=32, prototypes_per_class=1,
+                              prototype_dim=8, warm_epochs=1, joint_epochs=1, batch_size=16,
+                              augment=False, random_state=0).fit(X, y)
+    assert clf.feature_map_shape_ == (1, 1)
+    assert np.isfinite(clf.predict_proba(X)).all()
+    calibration = [r for r in clf.history_ if r["stage"] == "batchnorm_calibration"]
+    assert len(calibration) == 1
