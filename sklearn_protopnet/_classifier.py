@@ -5,6 +5,7 @@ from __future__ import annotations
 import numbers
 import os
 import time
+import warnings
 from contextlib import contextmanager
 
 import numpy as np
@@ -45,7 +46,13 @@ def _check_image_size(value) -> bool:
     )
 
 
-def resolve_device(device) -> torch.device:
+def resolve_device(device, cpu_fallback: bool = False) -> torch.device:
+    """The torch device of the ``device`` parameter.
+
+    A CUDA device on a machine without CUDA is an error for training; with
+    ``cpu_fallback`` (inference: a model fitted on a GPU, loaded elsewhere)
+    it warns and gives the CPU, where the outputs are the same.
+    """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -53,6 +60,12 @@ def resolve_device(device) -> torch.device:
     except (RuntimeError, TypeError) as exc:
         raise ValueError(f"device={device!r} is not a torch device: {exc}") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
+        if cpu_fallback:
+            warnings.warn(
+                f"device={str(device)!r}, but CUDA is not available here; running on the "
+                "CPU (set_params(device='cpu') silences this)", UserWarning, stacklevel=4,
+            )
+            return torch.device("cpu")
         raise ValueError(f"device={str(device)!r} was asked for, but CUDA is not available")
     return device
 
@@ -575,7 +588,7 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self, "module_")
         source = check_images(X)
-        device = resolve_device(self.device)
+        device = resolve_device(self.device, cpu_fallback=True)
         dataset = ImageDataset(source, self.image_size_)
         module = self.module_
         try:

@@ -1,5 +1,6 @@
 """ProtoPNetClassifier end to end on small images made here."""
 
+import copy
 import os
 
 import joblib
@@ -214,6 +215,22 @@ def test_cuda_request_without_cuda_is_a_clear_error(bar_data):
         pytest.skip("this machine has CUDA")
     with pytest.raises(ValueError, match="CUDA is not available"):
         tiny_classifier(device="cuda").fit(*bar_data)
+
+
+def test_a_model_fitted_for_cuda_predicts_on_the_cpu_with_a_warning(fitted, bar_files, tmp_path):
+    """A model fitted on a GPU and loaded on a machine without one predicts on
+    the CPU (the same outputs) and says so."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    paths, _ = bar_files
+    expected = fitted.predict_proba(paths)
+    gpu_fitted = copy.deepcopy(fitted).set_params(device="cuda")  # as saved on a GPU machine
+    gpu_fitted.save(tmp_path / "gpu.ppn")
+    loaded = ProtoPNetClassifier.load(tmp_path / "gpu.ppn")
+    with pytest.warns(UserWarning, match="CUDA is not available here; running on the CPU"):
+        np.testing.assert_array_equal(loaded.predict_proba(paths), expected)
+    with pytest.warns(UserWarning, match="running on the CPU"):
+        loaded.explain(paths[:1])
 
 
 def test_joblib_round_trip(fitted, bar_files, tmp_path):
