@@ -46,6 +46,20 @@ def _check_image_size(value) -> bool:
     )
 
 
+@contextmanager
+def _python_and_numpy_rng_kept():
+    """Restore the global ``random`` and ``numpy.random`` states on exit (a
+    resumed fit sets them from its checkpoint), as ``fork_rng`` does for torch."""
+    import random
+
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
 def resolve_device(device, cpu_fallback: bool = False) -> torch.device:
     """The torch device of the ``device`` parameter.
 
@@ -402,7 +416,7 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
             seed = checkpoint.seed  # a resumed fit continues the interrupted one's stream
 
         cuda_devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda_devices):
+        with torch.random.fork_rng(devices=cuda_devices), _python_and_numpy_rng_kept():
             torch.manual_seed(seed)
             state = self._fit(source, y_enc, encoder.classes_, image_size, device, seed, log,
                               checkpoint)

@@ -73,7 +73,16 @@ def test_resumed_fit_equals_uninterrupted_fit(bar_data, reference, tmp_path, mon
             tiny_classifier(checkpoint_dir=tmp_path, **SETTINGS).fit(images, labels)
     assert os.path.exists(tmp_path / CHECKPOINT_NAME)
     calls = count_epochs(monkeypatch)
+    import random
+
+    random.seed(5)
+    np.random.seed(5)
+    caller = (random.random(), np.random.rand())
+    random.seed(5)
+    np.random.seed(5)
     clf = tiny_classifier(checkpoint_dir=tmp_path, **SETTINGS).fit(images, labels)
+    # the checkpoint's states are used inside fit only: the caller's are kept
+    assert (random.random(), np.random.rand()) == caller
     assert len(calls) == epochs_left
     np.testing.assert_allclose(clf.predict_proba(images), reference, rtol=0, atol=1e-6)
     stages = [r["stage"] for r in clf.history_]
