@@ -145,8 +145,9 @@ def _check_array(X: np.ndarray) -> np.ndarray:
         X = np.rint(X * 255.0).astype(np.uint8)
     elif X.dtype.kind == "b":
         X = X.astype(np.uint8) * 255
-    elif X.dtype == np.uint16:
-        X = (X.astype(np.uint32) // 257).astype(np.uint8)
+    elif X.dtype.kind == "u" and X.dtype.itemsize == 2:  # 16-bit, either byte order
+        # round(x / 257), as for 16-bit files, in integers (no ties: 257 is odd)
+        X = ((X.astype(np.uint32) * 2 + 257) // 514).astype(np.uint8)
     elif X.dtype != np.uint8:
         lo, hi = int(X.min()), int(X.max())
         if lo < 0 or hi > 255:

@@ -214,3 +214,16 @@ def test_an_array_and_a_png_of_the_same_pixels_give_the_model_the_same_input(tmp
         a, b = from_array.load(i, (16, 16)), from_files.load(i, (16, 16))
         assert a.shape == (3, 16, 16)
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", ["<u2", ">u2"])
+def test_a_16_bit_array_and_a_16_bit_png_of_the_same_pixels_agree(tmp_path, dtype):
+    """Both round x / 257 to the nearest 8-bit level; byte order does not matter."""
+    values = np.array([[0, 128, 129, 385, 40000, 65534, 65535, 257 * 77]], dtype=np.uint16)
+    path = str(tmp_path / "sixteen.png")
+    Image.fromarray(values).save(path)
+    assert Image.open(path).mode in ("I;16", "I")
+    from_file = check_images([path]).load(0, values.shape)[0].numpy()
+    from_array = check_images(values.astype(dtype)[None]).load(0, values.shape)[0].numpy()
+    np.testing.assert_array_equal(from_array, from_file)
+    np.testing.assert_array_equal(from_array[0], np.rint(values[0] / 257.0))
