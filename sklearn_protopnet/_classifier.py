@@ -46,6 +46,28 @@ def _check_image_size(value) -> bool:
     )
 
 
+def _check_validation_split(fraction: float, y_enc: np.ndarray, classes) -> None:
+    """Refuse, before any image is decoded, a validation_fraction that the
+    stratified split (scikit-learn's ``train_test_split``) cannot make."""
+    n, k = len(y_enc), len(classes)
+    n_valid = int(np.ceil(fraction * n))
+    n_train = n - n_valid
+    counts = np.bincount(y_enc, minlength=k)
+    if counts.min() < 2:
+        rare = classes[int(np.argmin(counts))]
+        rare = rare.item() if isinstance(rare, np.generic) else rare  # 1, not np.int64(1)
+        raise ValueError(
+            f"validation_fraction={fraction:g} needs at least 2 images of every class to "
+            f"stratify the split, but class {rare!r} has {int(counts.min())}"
+        )
+    if n_valid < k or n_train < k:
+        raise ValueError(
+            f"validation_fraction={fraction:g} of {n} images gives {n_valid} validation and "
+            f"{n_train} training images; the stratified split needs at least one image of "
+            f"each of the {k} classes on both sides"
+        )
+
+
 @contextmanager
 def _python_and_numpy_rng_kept():
     """Restore the global ``random`` and ``numpy.random`` states on exit (a
@@ -393,6 +415,8 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
                 f"y has a single class ({encoder.classes_[0]!r}); at least 2 are needed"
             )
         y_enc = encoder.transform(y).astype(np.int64)
+        if self.validation_fraction is not None:
+            _check_validation_split(self.validation_fraction, y_enc, encoder.classes_)
         image_size = _image_size(self.image_size)
         device = resolve_device(self.device)
         if self.mixed_precision and device.type != "cuda":

@@ -259,6 +259,25 @@ def test_validation_fraction_records_validation_metrics(bar_data):
     assert clf.history_[-1]["converged"]
 
 
+@pytest.mark.parametrize("fraction, n, match", [
+    (0.05, 20, "gives 1 validation and 19 training images"),
+    (0.98, 20, "gives 20 validation and 0 training images"),
+    (0.5, 3, "class 1 has 1"),
+])
+def test_an_impossible_validation_split_is_refused_before_decoding(bar_data, monkeypatch,
+                                                                   fraction, n, match):
+    from sklearn_protopnet import _classifier
+
+    def fail(*args, **kwargs):
+        raise AssertionError("images were decoded before the problem was detected")
+
+    monkeypatch.setattr(_classifier, "decode_all", fail)
+    images, labels = bar_data
+    idx = np.r_[np.flatnonzero(labels == 0)[:n - n // 2], np.flatnonzero(labels == 1)[:n // 2]]
+    with pytest.raises(ValueError, match=match):
+        tiny_classifier(validation_fraction=fraction).fit(images[idx], labels[idx])
+
+
 @pytest.mark.slow
 def test_accuracy_on_digit_files(tmp_path):
     """Scikit-learn's digits as PNG files, a small CNN, a few epochs: >= 90%."""
