@@ -662,7 +662,10 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         return p / p.sum(axis=1, keepdims=True)
 
     def predict_log_proba(self, X) -> np.ndarray:
-        return np.log(self.predict_proba(X))
+        """Log-softmax of the logits (n, K); finite where the softmax underflows."""
+        z = self.decision_function(X)
+        z -= z.max(axis=1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
     def predict(self, X) -> np.ndarray:
         logits = self.decision_function(X)

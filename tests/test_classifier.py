@@ -315,3 +315,17 @@ def test_untrained_batchnorm_is_calibrated_and_trained_batchnorm_left_alone(bar_
     for bn in (m for m in clf.module_.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)):
         assert torch.all(bn.running_mean == 0.25) and torch.all(bn.running_var == 2.0)
     assert "batchnorm_calibration" not in [r["stage"] for r in clf.history_]
+
+
+def test_log_probabilities_stay_finite_where_the_softmax_underflows(fitted, bar_files):
+    paths, _ = bar_files
+    np.testing.assert_allclose(np.exp(fitted.predict_log_proba(paths)),
+                               fitted.predict_proba(paths), rtol=1e-12, atol=1e-15)
+    clf = copy.deepcopy(fitted)
+    with torch.no_grad():
+        clf.module_.last_layer.weight.mul_(1e4)  # logits thousands apart
+    logits = clf.decision_function(paths[:2])
+    assert (np.ptp(logits, axis=1) > 800).all()
+    log_p = clf.predict_log_proba(paths[:2])
+    assert np.isfinite(log_p).all()
+    np.testing.assert_allclose(log_p, logits - logits.max(axis=1, keepdims=True), atol=1e-9)
