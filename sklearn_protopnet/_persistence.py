@@ -367,7 +367,11 @@ def read_metadata(path) -> tuple[dict, dict]:
             if _META not in names or _TENSORS not in names:
                 raise ValueError(f"{path!r} is not a sklearn-protopnet model file "
                                  f"(expected {_META} and {_TENSORS} inside)")
-            meta = json.loads(zf.read(_META))
+            try:
+                meta = json.loads(zf.read(_META))
+            except RecursionError as exc:
+                raise ValueError(f"malformed model file {path!r}: {_META} is nested too "
+                                 "deeply") from exc
             raw = zf.read(_TENSORS)
     except zipfile.BadZipFile as exc:
         raise ValueError(f"{path!r} is not a sklearn-protopnet model file ({exc}); "
@@ -422,7 +426,7 @@ def load(cls, path, backbone=None):
                 state[key] = _rebuild_network(node, reader, params["backbone"])
             else:
                 state[key] = reader.decode(node)
-    except (KeyError, TypeError, AttributeError) as exc:
+    except (KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise ValueError(f"malformed model file {os.fspath(path)!r}: "
                          f"{type(exc).__name__}: {exc}") from exc
     estimator.__dict__.update(state)

@@ -288,6 +288,20 @@ def test_pickle_payload_in_tensor_file_is_refused(fitted, tmp_path, how):
     assert not os.path.exists(canary)
 
 
+def test_deeply_nested_json_is_a_malformed_file(fitted, tmp_path):
+    fitted.save(tmp_path / "good")
+    text = json.dumps(_meta(tmp_path / "good"))
+    with zipfile.ZipFile(tmp_path / "good") as zf:
+        tensors = zf.read("tensors.pt")
+    for node in ["[" * 100_000 + "]" * 100_000,  # too deep for the json module
+                 '{"kind": "list", "items": [' * 3_000 + "]}" * 3_000]:  # for the decoder
+        with zipfile.ZipFile(tmp_path / "deep", "w") as zf:
+            zf.writestr("model.json", text[:-2] + f', "deep_": {node}}}}}')
+            zf.writestr("tensors.pt", tensors)
+        with pytest.raises(ValueError, match="malformed model file"):
+            ProtoPNetClassifier.load(tmp_path / "deep")
+
+
 def test_pickle_payload_in_json_is_refused(fitted, tmp_path):
     import base64
 
