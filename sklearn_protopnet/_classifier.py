@@ -23,7 +23,7 @@ from ._explain import prototype_parts
 from ._geometry import cell_geometry
 from ._images import ImageDataset, check_images, decode_all, make_augmentation
 from ._network import ProtoPNet
-from ._push import forward_batches
+from ._push import forward_batches, gather_outputs
 from ._training import TrainingConfig, fit_stages
 
 _DEFAULT_MEMORY_BUDGET = 2 * 1024**3  # bytes of decoded uint8 images kept in memory
@@ -137,9 +137,9 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         one of each).
     mixed_precision : bool, default=False
         Run the SGD stages under float16 autocast with gradient scaling (CUDA
-        only; refused on the CPU). Push, similarities and the last layer
-        always run in float32, so ``decision_function == transform @ coef_.T``
-        holds exactly.
+        only; refused on the CPU). Push, similarities and prediction always
+        run in float32, with the logits in float64, so
+        ``decision_function == transform @ coef_.T`` to float64 rounding.
     prototypes_per_class : int, default=10
         Prototypes allocated to each class; m = prototypes_per_class x K.
     prototype_dim : int, default=128
@@ -639,12 +639,8 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
 
     def _outputs(self, X):
         """(logits, similarities) as float64 arrays, streamed in batches."""
-        logits, sims = [], []
         with self._inference(X) as (_, batches):
-            for _, out, s, _ in batches:
-                logits.append(out.double().cpu().numpy())
-                sims.append(s.double().cpu().numpy())
-        return np.concatenate(logits), np.concatenate(sims)
+            return gather_outputs(batches)
 
     def decision_function(self, X) -> np.ndarray:
         """The logits (n, K); equal to ``transform(X) @ coef_.T``."""

@@ -90,6 +90,13 @@ class Evidence:
         return upsample_map(self.similarity_map, self.geometry, (height, width))
 
 
+def fitted_percentile(estimator) -> float:
+    """The box rule's percentile the prototypes' boxes and crops were made
+    with at fit (models saved before ``box_percentile_`` existed: the
+    parameter, which was then the fit's)."""
+    return float(getattr(estimator, "box_percentile_", estimator.box_percentile))
+
+
 @dataclass(frozen=True)
 class PrototypeParts:
     """The "that" of every prototype, as stored in the fitted estimator."""
@@ -113,7 +120,7 @@ class PrototypeParts:
             crop=list(estimator.prototype_crop_),
             thumbnail=list(estimator.prototype_source_thumbnail_),
             source_size=np.asarray(estimator.prototype_source_size_),
-            percentile=float(getattr(estimator, "box_percentile_", estimator.box_percentile)),
+            percentile=fitted_percentile(estimator),
         )
 
     def source_name(self, j: int) -> str:

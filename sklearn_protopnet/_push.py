@@ -106,13 +106,19 @@ def forward_batches(module: ProtoPNet, dataset, batch_size: int, device, num_wor
         yield start, s.double() @ weight.T, s, d
 
 
-def similarities(module: ProtoPNet, dataset, batch_size: int, device, num_workers=0):
-    """(logits, similarities) of every image in ``dataset``, float32 numpy, in order."""
+def gather_outputs(batches):
+    """(logits, similarities) as float64 numpy arrays, in order, from the
+    batches of :func:`forward_batches`."""
     logits, sims = [], []
-    for _, out, s, _ in forward_batches(module, dataset, batch_size, device, num_workers):
-        logits.append(out.float().cpu().numpy())
-        sims.append(s.float().cpu().numpy())
+    for _, out, s, _ in batches:
+        logits.append(out.double().cpu().numpy())
+        sims.append(s.double().cpu().numpy())
     return np.concatenate(logits), np.concatenate(sims)
+
+
+def similarities(module: ProtoPNet, dataset, batch_size: int, device, num_workers=0):
+    """(logits, similarities) of every image in ``dataset``, float64 numpy, in order."""
+    return gather_outputs(forward_batches(module, dataset, batch_size, device, num_workers))
 
 
 @torch.no_grad()

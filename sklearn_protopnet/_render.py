@@ -93,15 +93,15 @@ def heat_colours(values: np.ndarray) -> np.ndarray:
     return (np.concatenate([r, g, b], axis=-1) * 255).astype(np.uint8)
 
 
-def fit_tile(img: Image.Image, side: int = TILE) -> tuple[Image.Image, float]:
-    """Scale ``img`` so its longer side is ``side``; return it and the scale.
+def fit_tile(img: Image.Image, side: int = TILE) -> Image.Image:
+    """``img`` scaled so that its longer side is ``side``.
 
     Small images are enlarged without smoothing so their pixels stay visible.
     """
     scale = side / max(img.size)
     size = (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale)))
     resample = Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS
-    return img.resize(size, resample), scale
+    return img.resize(size, resample)
 
 
 def box_rule_text(explanation) -> str:
@@ -112,9 +112,11 @@ def box_rule_text(explanation) -> str:
     return text if this == that else f"{text} (prototype boxes: {that:g}th, set at fit)"
 
 
-def draw_box(img: Image.Image, box, scale, colour=BOX) -> Image.Image:
-    """Draw ``box`` (x0, y0, x1, y1) scaled by ``scale``, a float or (sx, sy)."""
-    sx, sy = (scale, scale) if np.isscalar(scale) else scale
+def draw_box(img: Image.Image, box, original_size, colour=BOX) -> Image.Image:
+    """Draw ``box`` (x0, y0, x1, y1), in pixels of an image of ``original_size``
+    (width, height), on ``img``, a scaled copy of that image. Each axis has
+    its own scale: rounding makes the two differ for long, thin images."""
+    sx, sy = img.size[0] / float(original_size[0]), img.size[1] / float(original_size[1])
     x0, y0, x1, y1 = box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy
     draw = ImageDraw.Draw(img)
     width = max(2, round(min(img.size) / 60))
@@ -140,18 +142,14 @@ def this_tile(tile: Image.Image, image_size: tuple[int, int], item) -> Image.Ima
     full-size map is never drawn; the box is the one in original pixels.
     """
     heat = upsample_map(item.similarity_map, item.geometry, (tile.size[1], tile.size[0]))
-    return draw_box(overlay(tile, heat), item.box,
-                    (tile.size[0] / image_size[0], tile.size[1] / image_size[1]))
+    return draw_box(overlay(tile, heat), item.box, image_size)
 
 
 def that_tiles(parts, j: int) -> tuple[Image.Image, Image.Image]:
     """The prototype's crop, and its box on the thumbnail of its source image."""
-    crop, _ = fit_tile(Image.fromarray(parts.crop[j]))
-    tile, _ = fit_tile(Image.fromarray(parts.thumbnail[j]))
-    # original source pixels -> tile pixels, per axis: the thumbnail's and the
-    # tile's rounding make the two ratios differ for long, thin images
-    width, height = (float(v) for v in parts.source_size[j])
-    return crop, draw_box(tile, parts.box[j], (tile.size[0] / width, tile.size[1] / height))
+    crop = fit_tile(Image.fromarray(parts.crop[j]))
+    tile = fit_tile(Image.fromarray(parts.thumbnail[j]))
+    return crop, draw_box(tile, parts.box[j], parts.source_size[j])
 
 
 def _paste_centred(canvas, img, x, y, side=TILE):
@@ -209,14 +207,14 @@ def scoring_sheet(explanation, image: Image.Image | None = None) -> Image.Image:
     texts = sheet_text(explanation)
     main = explanation.explained_class
     runner = explanation.runner_up
-    tile, _ = fit_tile(image)  # once: a photo is not rescaled for every row
+    tile = fit_tile(image)  # once: a photo is not rescaled for every row
     columns = [
         _column(explanation, main, explanation.evidence, tile, parts),
         _column(explanation, runner, explanation.evidence_for(runner), tile, parts),
     ]
     f, fb = font(13), font(18)
     lh, lhb = _text_height(f), _text_height(fb)
-    shown, scale = fit_tile(image, 2 * TILE)
+    shown = fit_tile(image, 2 * TILE)
     head_h = max(shown.size[1], lhb + len(texts["header"]) * lh) + 2 * PAD
     width = max(sum(c.size[0] for c in columns) + PAD, 2 * TILE + 600)
     height = head_h + max(c.size[1] for c in columns) + PAD

@@ -59,7 +59,9 @@ def _explanation_html(explanation, n: int) -> str:
 
 
 def _percentiles(estimator, explanations) -> str:
-    fitted = float(getattr(estimator, "box_percentile_", estimator.box_percentile))
+    from ._explain import fitted_percentile
+
+    fitted = fitted_percentile(estimator)
     used = sorted({e._percentile for e in explanations} - {fitted})
     text = f"{fitted:g}th percentile"
     if used:

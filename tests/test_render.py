@@ -111,7 +111,7 @@ def test_heat_map_is_drawn_at_the_tile_size_where_the_box_is(explanations):
 
     for e in explanations:
         item = e.evidence[0]
-        tile, _ = fit_tile(Image.new("RGB", e.image_size, (128, 128, 128)))
+        tile = fit_tile(Image.new("RGB", e.image_size, (128, 128, 128)))
         drawn = np.asarray(this_tile(tile, e.image_size, item)).astype(int)
         heat = upsample_map(item.similarity_map, item.geometry, (tile.size[1], tile.size[0]))
         expected = np.asarray(overlay(tile, heat)).astype(int)
