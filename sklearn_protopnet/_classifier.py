@@ -621,8 +621,8 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         (:func:`._push.forward_batches`) with the network on ``device``; the
         network is back on the CPU afterwards. ``transform``,
         ``decision_function``, ``explain`` and ``prune`` all read it. The
-        user's global torch RNG is left as it was (the data loader draws a
-        seed from it on every pass).
+        data loader draws its seed from a generator of its own, so the
+        user's global torch RNG is left as it was.
         """
         check_is_fitted(self, "module_")
         source = check_images(X)
@@ -630,10 +630,9 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         dataset = ImageDataset(source, self.image_size_)
         module = self.module_
         try:
-            with torch.random.fork_rng(devices=[]):
-                module.to(device)
-                yield source, forward_batches(module, dataset, self.batch_size, device,
-                                              self.num_workers)
+            module.to(device)
+            yield source, forward_batches(module, dataset, self.batch_size, device,
+                                          self.num_workers, torch.Generator())
         finally:
             module.cpu()
 

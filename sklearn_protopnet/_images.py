@@ -329,21 +329,15 @@ class ImageDataset(torch.utils.data.Dataset):
 
 def decode_all(source: ImageSource, image_size, num_workers: int = 0) -> torch.Tensor:
     """Decode every image once into one uint8 tensor (n, 3, H, W)."""
+    from ._push import iterate_batches
+
     h, w = image_size
     out = torch.empty((len(source), 3, h, w), dtype=torch.uint8)
-    loader = torch.utils.data.DataLoader(
-        ImageDataset(source, image_size),
-        batch_size=64,
-        shuffle=False,
-        num_workers=num_workers,
-        # its own generator: decoding must not draw from the global RNG, so a
-        # fit is the same whether images are cached or streamed
-        generator=torch.Generator().manual_seed(0),
-    )
-    start = 0
-    for images, _ in loader:
+    # its own generator: decoding must not draw from the global RNG, so a fit
+    # is the same whether images are cached or streamed
+    for start, images, _ in iterate_batches(ImageDataset(source, image_size), 64, "cpu",
+                                            num_workers, torch.Generator().manual_seed(0)):
         out[start : start + len(images)] = images
-        start += len(images)
     return out
 
 

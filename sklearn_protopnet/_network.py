@@ -179,10 +179,14 @@ class ProtoPNet(nn.Module):
     def similarity(self, d: torch.Tensor) -> torch.Tensor:
         return distance_to_similarity(d, self.similarity_kind)
 
+    def pool(self, distance_map: torch.Tensor):
+        """(similarities, min distances) of a distance map: the closest cell."""
+        min_distances = distance_map.flatten(2).amin(dim=2)
+        return self.similarity(min_distances), min_distances
+
     def head(self, distance_map: torch.Tensor):
         """Pool a distance map into (logits, similarities, min distances)."""
-        min_distances = distance_map.flatten(2).amin(dim=2)
-        similarities = self.similarity(min_distances)
+        similarities, min_distances = self.pool(distance_map)
         return self.last_layer(similarities), similarities, min_distances
 
     def forward(self, x: torch.Tensor):

@@ -66,10 +66,15 @@ def _pass(estimator, X):
     return np.concatenate(dists), np.concatenate(cells), np.concatenate(sims)
 
 
-def _nearest(dist, cells, k) -> NearestPatches:
-    n = dist.shape[0]
+def _check_k(k) -> int:
+    """``k`` of the nearest patches, checked before any pass over the images."""
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k must be an int >= 1, got {k!r}")
+    return int(k)
+
+
+def _nearest(dist, cells, k: int) -> NearestPatches:
+    n = dist.shape[0]
     if k > n:
         raise ValueError(f"k={k} nearest patches asked for, but X has {n} images")
     order = np.argsort(dist.T, axis=1, kind="stable")[:, :k]  # (m, k)
@@ -79,6 +84,7 @@ def _nearest(dist, cells, k) -> NearestPatches:
 
 def nearest_patches(estimator, X, k: int = 6) -> NearestPatches:
     """Each prototype's ``k`` nearest patches in X, one per image (the global view)."""
+    k = _check_k(k)
     dist, cells, _ = _pass(estimator, X)
     return _nearest(dist, cells, k)
 
@@ -115,8 +121,7 @@ def prune(estimator, X, y, k: int = 6, min_own: int = 3) -> dict:
 
     Nothing of ``estimator`` is changed here; the caller assigns the result.
     """
-    if not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    k = _check_k(k)
     if not isinstance(min_own, (int, np.integer)) or not 0 <= min_own <= k:
         raise ValueError(f"min_own must be an int in [0, k={k}], got {min_own!r}")
     y = column_or_1d(y)
@@ -133,7 +138,7 @@ def prune(estimator, X, y, k: int = 6, min_own: int = 3) -> dict:
 
     keep, merged = merge_duplicates(estimator.prototype_source_index_,
                                     estimator.prototype_location_, W)
-    neighbours = _nearest(dist, cells, int(k))
+    neighbours = _nearest(dist, cells, k)
     impure = impure_prototypes(neighbours, y_enc, pc, min_own)
     removed = [int(j) for j in keep if impure[j]]
     keep = np.array([j for j in keep if not impure[j]], dtype=np.int64)

@@ -13,12 +13,17 @@ import torch
 from ._network import ProtoPNet
 
 
-def iterate_batches(dataset, batch_size: int, device, num_workers: int = 0):
+def iterate_batches(dataset, batch_size: int, device, num_workers: int = 0,
+                    generator: torch.Generator | None = None):
     """Yield ``(start, images on device, labels)`` over ``dataset`` in order.
 
     On CUDA, batches come from pinned memory, are copied without blocking
     (the copy overlaps the previous batch's compute) and are laid out
     channels-last, the layout cuDNN convolutions are fastest on.
+
+    The data loader draws a seed for its workers on every pass, from
+    ``generator`` when given, else from the global torch RNG (the passes
+    inside ``fit``, whose seeded stream includes those draws).
     """
     cuda = torch.device(device).type == "cuda"
     loader = torch.utils.data.DataLoader(
@@ -27,6 +32,7 @@ def iterate_batches(dataset, batch_size: int, device, num_workers: int = 0):
         shuffle=False,
         num_workers=num_workers,
         pin_memory=cuda,
+        generator=generator,
     )
     start = 0
     for images, labels in loader:
@@ -88,7 +94,8 @@ def push_prototypes(
 
 
 @torch.no_grad()
-def forward_batches(module: ProtoPNet, dataset, batch_size: int, device, num_workers=0):
+def forward_batches(module: ProtoPNet, dataset, batch_size: int, device, num_workers=0,
+                    generator: torch.Generator | None = None):
     """Yield ``(start, logits, similarities, distance_map)`` per batch, in eval mode.
 
     The one inference pass: ``transform``, ``decision_function`` and the
@@ -100,9 +107,10 @@ def forward_batches(module: ProtoPNet, dataset, batch_size: int, device, num_wor
     """
     module.eval()
     weight = module.last_layer.weight.detach().double()
-    for start, images, _ in iterate_batches(dataset, batch_size, device, num_workers):
+    for start, images, _ in iterate_batches(dataset, batch_size, device, num_workers,
+                                            generator):
         d = module.distance_map(module.latent(images))
-        s = module.similarity(d.flatten(2).amin(dim=2))
+        s, _ = module.pool(d)
         yield start, s.double() @ weight.T, s, d
 
 
@@ -157,7 +165,6 @@ def discriminative_patches(
                    iterate_batches(dataset.subset(chosen), batch_size, device, num_workers)])
     n, d, h, w = z.shape
     cells = z.permute(0, 2, 3, 1).reshape(n, h * w, d)  # (n, hw, D)
-    row = {int(i): r for r, i in enumerate(chosen)}
     sample_labels = labels[chosen]
 
     def mean_min_distance(cand: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
@@ -174,7 +181,7 @@ def discriminative_patches(
     location = np.zeros((module.n_prototypes, 2), dtype=np.int64)
     gap = np.zeros(module.n_prototypes)
     for k in classes:
-        own_rows = np.array([row[int(i)] for i in sample[k]])
+        own_rows = np.flatnonzero(sample_labels == k)
         other_rows = np.flatnonzero(sample_labels != k)
         other_rows = rng.permutation(other_rows)[: max(per_class, 32)]
         flat = rng.permutation(len(own_rows) * h * w)[:candidates_per_class]
