@@ -174,24 +174,33 @@ class Checkpoint:
         os.makedirs(self.directory, exist_ok=True)
         payload = {"identity": json.dumps(self.identity), "seed": int(self.seed),
                    "state": state}
-        fd, tmp = tempfile.mkstemp(prefix=".protopnet-checkpoint-", suffix=".tmp",
-                                   dir=self.directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        _fsync_directory(self.directory)
+        atomic_write(self.path, lambda f: torch.save(payload, f),
+                     prefix=".protopnet-checkpoint-")
 
     def remove(self) -> None:
         """Delete the checkpoint once the fit it belongs to has finished."""
         if os.path.exists(self.path):
             os.unlink(self.path)
+
+
+def atomic_write(path, write, prefix: str = ".protopnet-") -> None:
+    """Write a file so that ``path`` holds either its old or its whole new
+    content, even if the process dies: ``write(f)`` fills a temporary file
+    in the same folder, which is flushed to disk and renamed over ``path``."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_directory(folder)
 
 
 def _fsync_directory(directory: str) -> None:

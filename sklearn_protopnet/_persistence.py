@@ -36,11 +36,12 @@ import json
 import math
 import os
 import pickle
-import tempfile
 import zipfile
 
 import numpy as np
 import torch
+
+from ._checkpoint import atomic_write
 
 FORMAT_NAME = "sklearn-protopnet model"
 FORMAT_VERSION = 1
@@ -341,21 +342,12 @@ def save(estimator, path) -> None:
     }
     buffer = io.BytesIO()
     torch.save(writer.tensors, buffer)
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".protopnet-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as zf:
-                zf.writestr(_META, json.dumps(meta, indent=1, allow_nan=False))
-                zf.writestr(_TENSORS, buffer.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    def write(f):
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as zf:
+            zf.writestr(_META, json.dumps(meta, indent=1, allow_nan=False))
+            zf.writestr(_TENSORS, buffer.getvalue())
+
+    atomic_write(path, write)
 
 
 def read_metadata(path) -> tuple[dict, dict]:
