@@ -97,7 +97,7 @@ def photo_box(geometry, repeats: int) -> None:
 
     from sklearn_protopnet._geometry import box_from_map, upsample_map
 
-    cell_map = np.random.default_rng(0).random(geometry.map_size).astype(np.float32)
+    cell_map = np.random.default_rng(0).random(geometry.feature_map_shape).astype(np.float32)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -107,7 +107,7 @@ def photo_box(geometry, repeats: int) -> None:
     box_from_map(upsample_map(cell_map, geometry, (3000, 4000)), 95)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    print(f"\none box on a 4000 x 3000 photo (ResNet-18 map {geometry.map_size}): "
+    print(f"\none box on a 4000 x 3000 photo (ResNet-18 map {geometry.feature_map_shape}): "
           f"{1e3 * statistics.median(times):.0f} ms (median of {repeats}), "
           f"peak {peak / 2**20:.0f} MiB traced")
 

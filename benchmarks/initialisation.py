@@ -21,7 +21,7 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from sklearn_protopnet import ProtoPNetClassifier, _training
+from sklearn_protopnet import ProtoPNetClassifier, _init
 from sklearn_protopnet.backbones import SmallCNN
 
 ROWS = {
@@ -47,7 +47,7 @@ def fit_score(seed: int, prototype_init: str, calibrate: bool, data, **extra) ->
     if calibrate:
         clf.fit(X_train, y_train)
     else:
-        with mock.patch.object(_training, "_uncalibrated_batchnorms", lambda module: []):
+        with mock.patch.object(_init, "_uncalibrated_batchnorms", lambda module: []):
             clf.fit(X_train, y_train)
     return clf.score(X_test, y_test)
 

@@ -2,8 +2,18 @@
 
 from ._backbones import list_backbones
 from ._classifier import ProtoPNetClassifier
-from ._explain import Evidence, Explanation
+from ._explain import Evidence, Explanation, PrototypeParts
+from ._geometry import CellGeometry
+from ._prune import NearestPatches
+from ._version import __version__
 
-__version__ = "0.1.0"
-
-__all__ = ["ProtoPNetClassifier", "Evidence", "Explanation", "list_backbones", "__version__"]
+__all__ = [
+    "CellGeometry",
+    "Evidence",
+    "Explanation",
+    "NearestPatches",
+    "PrototypeParts",
+    "ProtoPNetClassifier",
+    "__version__",
+    "list_backbones",
+]

@@ -62,12 +62,57 @@ _BY_NAME = {name: (cut, head) for names, cut, head in _FAMILIES.values() for nam
 
 
 def list_backbones() -> list[str]:
-    """Names accepted by ``ProtoPNetClassifier(backbone=...)``."""
+    """The torchvision backbone names ``ProtoPNetClassifier(backbone=...)`` accepts.
+
+    Returns
+    -------
+    list of str
+        Sorted names, e.g. ``"resnet18"``.
+
+    Examples
+    --------
+    >>> from sklearn_protopnet import list_backbones
+    >>> "resnet18" in list_backbones()
+    True
+    """
     return sorted(_BY_NAME)
+
+
+class SmallCNN(nn.Module):
+    """A small convolutional backbone for small images (e.g. 28-64 px).
+
+    Three 3x3 conv-BN-ReLU blocks, the last two with stride 2, so the
+    feature map is a quarter of the image in each direction.
+
+    Parameters
+    ----------
+    width : int, default=32
+        Channels of the first block; doubled by each strided block.
+    """
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+
+        def block(cin, cout, stride):
+            return [
+                nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            ]
+
+        self.width = width
+        self.layers = nn.Sequential(
+            *block(3, width, 1), *block(width, 2 * width, 2), *block(2 * width, 4 * width, 2)
+        )
+
+    def forward(self, x):
+        return self.layers(x)
 
 
 @dataclass
 class BuiltBackbone:
+    """A backbone ready for the network, and the normalisation it expects."""
+
     module: nn.Module
     mean: tuple
     std: tuple

@@ -26,16 +26,18 @@ import hashlib
 import json
 import numbers
 import os
+import random
 import tempfile
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 
+from ._params import NOT_IN_IDENTITY
+
 CHECKPOINT_NAME = "protopnet-checkpoint.pt"
 CHECKPOINT_FORMAT = 1
 
-# Parameters that cannot change the fitted model.
-_IGNORED_PARAMS = frozenset({"verbose", "checkpoint_dir", "memory_budget"})
 
 
 def describe_value(value):
@@ -93,7 +95,7 @@ def data_fingerprint(source, classes, y_enc) -> str:
 def training_identity(params: dict, source, classes, y_enc) -> dict:
     """The identity a checkpoint must match to be resumed from."""
     described = {k: describe_value(v) for k, v in sorted(params.items())
-                 if k not in _IGNORED_PARAMS}
+                 if k not in NOT_IN_IDENTITY}
     weights = params.get("weights")
     if isinstance(weights, (str, os.PathLike)) and os.path.isfile(weights):
         st = os.stat(weights)  # a weights file replaced in place changes the fit
@@ -222,8 +224,6 @@ def _fsync_directory(directory: str) -> None:
 # ----------------------------------------------------------------------------
 def get_rng_states() -> dict:
     """torch (CPU and CUDA), numpy and python ``random`` global states."""
-    import random
-
     version, mt, gauss = random.getstate()
     np_name, np_keys, np_pos, np_has_gauss, np_cached = np.random.get_state()
     states = {
@@ -244,8 +244,7 @@ def get_rng_states() -> dict:
 
 
 def set_rng_states(states: dict) -> None:
-    import random
-
+    """Set the global states saved by :func:`get_rng_states`."""
     torch.set_rng_state(states["torch"])
     random.setstate((states["python_version"],
                      tuple(int(v) for v in states["python_mt"].tolist()),
@@ -256,3 +255,17 @@ def set_rng_states(states: dict) -> None:
                          states["numpy_cached"]))
     if states["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+@contextmanager
+def random_states_kept(cuda_devices=()):
+    """Restore the global torch (CPU and ``cuda_devices``), numpy and python
+    ``random`` states on exit: a fit seeds them and a resumed fit sets them
+    from its checkpoint, and the caller's streams must not notice."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=list(cuda_devices)):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)

@@ -1,49 +1,27 @@
-"""ProtoPNetClassifier: the scikit-learn surface of the method."""
+"""ProtoPNetClassifier: the scikit-learn surface of the method.
+
+The estimator checks its input, encodes the labels, hands the training to
+:func:`._training.train` and stores what it returns; its inference methods
+read the one forward pass of :func:`._batches.forward_batches`. Its
+hyperparameters are declared in :mod:`._params`.
+"""
 
 from __future__ import annotations
 
-import numbers
-import os
-import time
-import warnings
 from contextlib import contextmanager
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, _fit_context
 from sklearn.preprocessing import LabelEncoder
-from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
-from ._backbones import build_backbone, probe_backbone
-from ._checkpoint import Checkpoint, training_identity
-from ._explain import prototype_parts
-from ._geometry import cell_geometry
-from ._images import ImageDataset, check_images, decode_all, make_augmentation
-from ._network import ProtoPNet
-from ._push import forward_batches, gather_outputs
-from ._training import TrainingConfig, fit_stages
-
-_DEFAULT_MEMORY_BUDGET = 2 * 1024**3  # bytes of decoded uint8 images kept in memory
-
-
-def _image_size(value) -> tuple[int, int]:
-    if isinstance(value, numbers.Integral):
-        return int(value), int(value)
-    h, w = value
-    return int(h), int(w)
-
-
-def _check_image_size(value) -> bool:
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        return value >= 8
-    return (
-        isinstance(value, (tuple, list))
-        and len(value) == 2
-        and all(isinstance(v, numbers.Integral) and v >= 8 for v in value)
-    )
+from ._batches import forward_batches, gather_outputs, resolve_device
+from ._images import ImageDataset, check_images
+from ._maths import log_softmax, softmax
+from ._params import Hyperparameters, declare_hyperparameters
+from ._training import train
 
 
 def _check_validation_split(fraction: float, y_enc: np.ndarray, classes) -> None:
@@ -68,44 +46,7 @@ def _check_validation_split(fraction: float, y_enc: np.ndarray, classes) -> None
         )
 
 
-@contextmanager
-def _python_and_numpy_rng_kept():
-    """Restore the global ``random`` and ``numpy.random`` states on exit (a
-    resumed fit sets them from its checkpoint), as ``fork_rng`` does for torch."""
-    import random
-
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    try:
-        yield
-    finally:
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
-
-
-def resolve_device(device, cpu_fallback: bool = False) -> torch.device:
-    """The torch device of the ``device`` parameter.
-
-    A CUDA device on a machine without CUDA is an error for training; with
-    ``cpu_fallback`` (inference: a model fitted on a GPU, loaded elsewhere)
-    it warns and gives the CPU, where the outputs are the same.
-    """
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device={device!r} is not a torch device: {exc}") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        if cpu_fallback:
-            warnings.warn(
-                f"device={str(device)!r}, but CUDA is not available here; running on the "
-                "CPU (set_params(device='cpu') silences this)", UserWarning, stacklevel=4,
-            )
-            return torch.device("cpu")
-        raise ValueError(f"device={str(device)!r} was asked for, but CUDA is not available")
-    return device
-
-
+@declare_hyperparameters
 class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
     """Prototypical part network ("This looks like that") as a classifier.
 
@@ -116,111 +57,7 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
     training with cluster and separation costs, prototype projection (push)
     and a last layer solved as a convex problem.
 
-    Parameters
-    ----------
-    backbone : str or torch.nn.Module, default="resnet18"
-        A torchvision model name (see :func:`sklearn_protopnet.list_backbones`),
-        cut at its last convolutional feature map, or any module mapping
-        (N, 3, H, W) images to a feature map (N, C, h, w). A module is copied,
-        never trained in place.
-    weights : None, str or path, default=None
-        None for random initialisation, a torchvision weights name such as
-        ``"DEFAULT"`` or ``"IMAGENET1K_V1"`` (downloaded where there is
-        internet), or the path of a local state_dict file.
-    image_size : int or (int, int), default=224
-        Images are resized to this (height, width).
-    normalize : "auto", "imagenet", None or (mean, std), default="auto"
-        Per-channel normalisation of images scaled to [0, 1] before the
-        backbone. "auto" uses the statistics of the torchvision weights (the
-        ImageNet ones) and ImageNet statistics for other backbones; None
-        feeds [0, 1] images unchanged; (mean, std) takes 3 values each (or
-        one of each).
-    mixed_precision : bool, default=False
-        Run the SGD stages under float16 autocast with gradient scaling (CUDA
-        only; refused on the CPU). Push, similarities and prediction always
-        run in float32, with the logits in float64, so
-        ``decision_function == transform @ coef_.T`` to float64 rounding.
-    prototypes_per_class : int, default=10
-        Prototypes allocated to each class; m = prototypes_per_class x K.
-    prototype_dim : int, default=128
-        Depth D of the latent space and of each (1x1) prototype.
-    add_on : {"regular", "bottleneck"}, default="regular"
-        The 1x1 convolutions between the backbone and the prototypes.
-    similarity : {"log", "linear"}, default="log"
-        ``log((d + 1) / (d + 1e-4))`` or ``-d`` of the squared distance d.
-    prototype_init : {"discriminative", "patches", "uniform"}, default="discriminative"
-        "uniform" draws prototypes uniformly in [0, 1) as the reference does;
-        "patches" then moves each to its nearest latent patch of its own class
-        before training starts (a push at initialisation); "discriminative"
-        starts each prototype of class k on a latent patch that is close to
-        patches of class-k images and far from those of other classes (the
-        cluster-minus-separation margin, scored on a sample of images), so
-        that prototypes do not start on background every class shares (see
-        the docs for figures).
-    warm_epochs : int, default=5
-        Epochs with the backbone frozen (add-on and prototypes learn).
-    joint_epochs : int, default=20
-        Epochs in which backbone, add-on and prototypes learn together.
-    push_start, push_interval : int, default=10, 10
-        A push and last-layer cycle runs after epoch ``push_start`` and every
-        ``push_interval`` epochs after it (counting warm-up epochs);
-        ``push_interval=0`` disables intermediate pushes. ``fit`` always ends
-        with a push and the last layer.
-    batch_size : int, default=32
-    lr_backbone : float or "auto", default="auto"
-        Adam learning rate of the backbone in the joint stage; "auto" is 1e-4
-        (the reference's) for pretrained weights and 3e-4 for a randomly
-        initialised backbone.
-    lr_add_on, lr_prototypes : float, default=3e-3
-    weight_decay_add_on : float, default=1e-3
-    joint_lr_step, joint_lr_gamma : int, float, default=5, 0.1
-        Step decay of the joint stage's learning rates.
-    cluster_coef, separation_coef : float, default=0.8, 0.08
-        Weights of the cluster cost and of the separation cost (subtracted).
-    last_layer_l1 : float, default=1e-4
-        L1 penalty on the last-layer weights that link a prototype to
-        another class, in the SGD loss and in the convex last-layer problem.
-    last_layer_l2 : float, default=1e-4
-        Small ridge penalty that makes the last-layer problem strongly convex
-        so that its minimum exists (see the docs); 0 gives the reference
-        objective.
-    last_layer_tol : float, default=1e-6
-        The last-layer solver stops when its KKT residual is below this.
-    last_layer_max_iter : int, default=20000
-    augment : bool or callable, default=True
-        Augmentation of the SGD stages (random resized crop, flip, small
-        rotation and shear) on uint8 (3, H, W) tensors; a callable replaces
-        it. Push, the last layer, predict and explain never augment.
-    validation_fraction : float or None, default=None
-        Hold out this stratified fraction from the SGD stages to monitor
-        ``valid_*`` metrics in ``history_``. Push and the last layer use all
-        samples.
-    memory_budget : int, default=2 GiB
-        Bytes of decoded images kept in memory during ``fit``; within it every
-        image is decoded once per fit, beyond it images are streamed.
-    num_workers : int, default=0
-        DataLoader worker processes for decoding and augmentation.
-    checkpoint_dir : None, str or path, default=None
-        When set, the training state (network, optimiser, schedule position,
-        push results, history, RNG states) is written atomically to
-        ``checkpoint_dir/protopnet-checkpoint.pt`` after every epoch and every
-        push and last-layer step. A ``fit`` with the same parameters and data
-        resumes after the last completed step and ends with the model an
-        uninterrupted fit gives (on the CPU); a checkpoint written by a fit
-        with other parameters or data is refused with an error. The file is
-        deleted when ``fit`` succeeds.
-    device : str or torch.device, default="auto"
-        "auto" uses CUDA when available, else the CPU. Fitted state always
-        lives on the CPU.
-    random_state : int, RandomState instance or None, default=None
-    verbose : int, default=0
-        1 prints each epoch's losses and the push and last-layer timings.
-    box_percentile : float, default=95.0
-        The box of a prototype (at the end of ``fit``) and of an evidence item
-        (in ``explain``) is the smallest rectangle holding every pixel at or
-        above this percentile of the upsampled similarity map. Like every
-        parameter it takes effect at ``fit`` (``box_percentile_``), so that
-        prototypes and test images share one rule.
+    {parameters}
 
     Attributes
     ----------
@@ -235,9 +72,9 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
     prototype_location_ : ndarray of shape (m, 2)
         (row, column) of that patch in the latent feature map.
     image_size_ : (int, int)
-        (height, width) images are resized to.
+        (height, width) images are resized to: the network's input.
     feature_map_shape_ : (int, int)
-        (h, w) of the latent feature map.
+        (height, width) of the latent feature map.
     cell_geometry_ : CellGeometry
         Where each latent cell lies on the resized image (stride, offset,
         receptive field), used for every box.
@@ -255,8 +92,9 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         The image inside each box, at most 128 px a side.
     prototype_source_thumbnail_ : list of m uint8 arrays (h, w, 3)
         Each whole source image, at most 160 px a side.
-    prototype_source_size_ : ndarray of shape (m, 2)
-        Original (width, height) of each source image.
+    prototype_original_size_ : ndarray of shape (m, 2)
+        (width, height) of each prototype's source image as the user sees it
+        (original size, EXIF orientation applied).
     box_percentile_ : float
         The box rule's percentile of ``prototype_box_`` and ``prototype_crop_``,
         and ``explain``'s default.
@@ -274,136 +112,45 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
     ...                           random_state=0).fit(X, y)
     >>> clf.predict_proba(X).shape
     (20, 2)
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_protopnet import ProtoPNetClassifier
+    >>> from sklearn_protopnet.backbones import SmallCNN
+    >>> X = np.zeros((20, 16, 16), dtype=np.uint8)
+    >>> X[:10, 4:6, 2:12] = 255  # ten horizontal bars
+    >>> X[10:, 2:12, 4:6] = 255  # ten vertical bars
+    >>> y = np.repeat(["horizontal", "vertical"], 10)
+    >>> clf = ProtoPNetClassifier(backbone=SmallCNN(width=8), image_size=16,
+    ...                           prototypes_per_class=2, prototype_dim=8, warm_epochs=1,
+    ...                           joint_epochs=2, augment=False, random_state=0).fit(X, y)
+    >>> clf.predict(X[[0, 19]]).tolist()
+    ['horizontal', 'vertical']
+    >>> logits = clf.decision_function(X[:3])
+    >>> bool(np.allclose(logits, clf.transform(X[:3]) @ clf.coef_.T))
+    True
     """
-
-    _parameter_constraints: dict = {
-        "backbone": [str, torch.nn.Module],
-        "weights": [None, str, os.PathLike],
-        "image_size": [Interval(numbers.Integral, 8, None, closed="left"), tuple, list],
-        "normalize": [StrOptions({"auto", "imagenet"}), None, tuple, list],
-        "mixed_precision": ["boolean"],
-        "prototypes_per_class": [Interval(numbers.Integral, 1, None, closed="left")],
-        "prototype_dim": [Interval(numbers.Integral, 1, None, closed="left")],
-        "add_on": [StrOptions({"regular", "bottleneck"})],
-        "similarity": [StrOptions({"log", "linear"})],
-        "prototype_init": [StrOptions({"discriminative", "patches", "uniform"})],
-        "warm_epochs": [Interval(numbers.Integral, 0, None, closed="left")],
-        "joint_epochs": [Interval(numbers.Integral, 0, None, closed="left")],
-        "push_start": [Interval(numbers.Integral, 1, None, closed="left")],
-        "push_interval": [Interval(numbers.Integral, 0, None, closed="left")],
-        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
-        "lr_backbone": [StrOptions({"auto"}), Interval(numbers.Real, 0, None, closed="left")],
-        "lr_add_on": [Interval(numbers.Real, 0, None, closed="left")],
-        "lr_prototypes": [Interval(numbers.Real, 0, None, closed="left")],
-        "weight_decay_add_on": [Interval(numbers.Real, 0, None, closed="left")],
-        "joint_lr_step": [Interval(numbers.Integral, 1, None, closed="left")],
-        "joint_lr_gamma": [Interval(numbers.Real, 0, 1, closed="right")],
-        "cluster_coef": [Interval(numbers.Real, 0, None, closed="left")],
-        "separation_coef": [Interval(numbers.Real, 0, None, closed="left")],
-        "last_layer_l1": [Interval(numbers.Real, 0, None, closed="left")],
-        "last_layer_l2": [Interval(numbers.Real, 0, None, closed="left")],
-        "last_layer_tol": [Interval(numbers.Real, 0, None, closed="neither")],
-        "last_layer_max_iter": [Interval(numbers.Integral, 0, None, closed="left")],
-        "augment": ["boolean", callable],
-        "validation_fraction": [None, Interval(numbers.Real, 0, 1, closed="neither")],
-        "memory_budget": [Interval(numbers.Integral, 0, None, closed="left")],
-        "num_workers": [Interval(numbers.Integral, 0, None, closed="left")],
-        "checkpoint_dir": [None, str, os.PathLike],
-        "device": [str, torch.device],
-        "random_state": ["random_state"],
-        "verbose": ["verbose"],
-        "box_percentile": [Interval(numbers.Real, 0, 100, closed="both")],
-    }
-
-    def __init__(
-        self,
-        backbone="resnet18",
-        weights=None,
-        image_size=224,
-        normalize="auto",
-        mixed_precision=False,
-        prototypes_per_class=10,
-        prototype_dim=128,
-        add_on="regular",
-        similarity="log",
-        prototype_init="discriminative",
-        warm_epochs=5,
-        joint_epochs=20,
-        push_start=10,
-        push_interval=10,
-        batch_size=32,
-        lr_backbone="auto",
-        lr_add_on=3e-3,
-        lr_prototypes=3e-3,
-        weight_decay_add_on=1e-3,
-        joint_lr_step=5,
-        joint_lr_gamma=0.1,
-        cluster_coef=0.8,
-        separation_coef=0.08,
-        last_layer_l1=1e-4,
-        last_layer_l2=1e-4,
-        last_layer_tol=1e-6,
-        last_layer_max_iter=20000,
-        augment=True,
-        validation_fraction=None,
-        memory_budget=_DEFAULT_MEMORY_BUDGET,
-        num_workers=0,
-        checkpoint_dir=None,
-        device="auto",
-        random_state=None,
-        verbose=0,
-        box_percentile=95.0,
-    ):
-        self.backbone = backbone
-        self.weights = weights
-        self.image_size = image_size
-        self.normalize = normalize
-        self.mixed_precision = mixed_precision
-        self.prototypes_per_class = prototypes_per_class
-        self.prototype_dim = prototype_dim
-        self.add_on = add_on
-        self.similarity = similarity
-        self.prototype_init = prototype_init
-        self.warm_epochs = warm_epochs
-        self.joint_epochs = joint_epochs
-        self.push_start = push_start
-        self.push_interval = push_interval
-        self.batch_size = batch_size
-        self.lr_backbone = lr_backbone
-        self.lr_add_on = lr_add_on
-        self.lr_prototypes = lr_prototypes
-        self.weight_decay_add_on = weight_decay_add_on
-        self.joint_lr_step = joint_lr_step
-        self.joint_lr_gamma = joint_lr_gamma
-        self.cluster_coef = cluster_coef
-        self.separation_coef = separation_coef
-        self.last_layer_l1 = last_layer_l1
-        self.last_layer_l2 = last_layer_l2
-        self.last_layer_tol = last_layer_tol
-        self.last_layer_max_iter = last_layer_max_iter
-        self.augment = augment
-        self.validation_fraction = validation_fraction
-        self.memory_budget = memory_budget
-        self.num_workers = num_workers
-        self.checkpoint_dir = checkpoint_dir
-        self.device = device
-        self.random_state = random_state
-        self.verbose = verbose
-        self.box_percentile = box_percentile
 
     # ------------------------------------------------------------------ fit
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y):
-        """Train in stages on images X (paths or an array) and labels y.
+        """Train in stages on images X and labels y.
 
-        On any error the estimator is left exactly as it was: fitted state is
-        assigned only once training has finished.
+        Parameters
+        ----------
+        X : sequence of image paths, or array of shape (n, H, W[, C])
+            Paths (list, numpy array or pandas Series of str or path-like)
+            of image files Pillow can read, or one numeric image array
+            (uint8, 16-bit, bool, or float in [0, 1]; 1, 3 or 4 channels).
+        y : array-like of shape (n,)
+            Class labels of any kind scikit-learn accepts; at least two.
+
+        Returns
+        -------
+        self : ProtoPNetClassifier
+            Fitted. On any error the estimator is left exactly as it was:
+            fitted state is assigned only once training has finished.
         """
-        if not _check_image_size(self.image_size):
-            raise ValueError(
-                f"image_size must be an int >= 8 or a (height, width) pair of them, "
-                f"got {self.image_size!r}"
-            )
         source = check_images(X)
         y = column_or_1d(y, warn=True)
         if len(y) != len(source):
@@ -417,131 +164,15 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         y_enc = encoder.transform(y).astype(np.int64)
         if self.validation_fraction is not None:
             _check_validation_split(self.validation_fraction, y_enc, encoder.classes_)
-        image_size = _image_size(self.image_size)
         device = resolve_device(self.device)
         if self.mixed_precision and device.type != "cuda":
             raise ValueError(
                 f"mixed_precision=True needs a CUDA device; the fit would run on {device}. "
                 "Use mixed_precision=False on the CPU."
             )
-        if isinstance(self.random_state, numbers.Integral):
-            seed = int(self.random_state)
-        else:
-            seed = int(check_random_state(self.random_state).randint(0, 2**31 - 1))
-        log = print if self.verbose else (lambda *a, **k: None)
-
-        checkpoint = None
-        if self.checkpoint_dir is not None:
-            identity = training_identity(self.get_params(deep=False), source,
-                                         encoder.classes_, y_enc)
-            checkpoint = Checkpoint(self.checkpoint_dir, identity).load()
-            if checkpoint.seed is None:
-                checkpoint.seed = seed
-            seed = checkpoint.seed  # a resumed fit continues the interrupted one's stream
-
-        cuda_devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda_devices), _python_and_numpy_rng_kept():
-            torch.manual_seed(seed)
-            state = self._fit(source, y_enc, encoder.classes_, image_size, device, seed, log,
-                              checkpoint)
+        state = train(Hyperparameters.of(self), source, y_enc, encoder.classes_, device)
         self.__dict__.update(state)
-        if checkpoint is not None:
-            checkpoint.remove()
         return self
-
-    def _fit(self, source, y_enc, classes, image_size, device, seed, log, checkpoint=None):
-        t_start = time.perf_counter()
-        built = build_backbone(self.backbone, self.weights, self.normalize)
-        channels, h, w = probe_backbone(built.module, image_size)
-        geometry = cell_geometry(built.module, image_size, (h, w))
-        n_classes = len(classes)
-        prototype_class = torch.arange(n_classes).repeat_interleave(self.prototypes_per_class)
-        module = ProtoPNet(
-            built.module,
-            channels,
-            prototype_class,
-            n_classes,
-            prototype_dim=self.prototype_dim,
-            add_on=self.add_on,
-            similarity=self.similarity,
-            mean=built.mean,
-            std=built.std,
-        )
-
-        n = len(source)
-        decoded_bytes = n * 3 * image_size[0] * image_size[1]
-        cache = None
-        if decoded_bytes <= self.memory_budget:
-            t0 = time.perf_counter()
-            cache = decode_all(source, image_size, self.num_workers)
-            log(f"[data] decoded {n} images to {image_size[0]}x{image_size[1]} "
-                f"({decoded_bytes / 2**20:.0f} MiB) in {time.perf_counter() - t0:.1f}s")
-        else:
-            log(f"[data] {decoded_bytes / 2**20:.0f} MiB of decoded images exceed "
-                "memory_budget; streaming from files")
-        dataset = ImageDataset(source, image_size, y=y_enc, cache=cache)
-        if self.augment is True:
-            transform = make_augmentation(image_size)
-        elif callable(self.augment):
-            transform = self.augment
-        else:
-            transform = None
-
-        valid_dataset = None
-        train_idx = np.arange(n)
-        if self.validation_fraction is not None:
-            from sklearn.model_selection import train_test_split
-
-            train_idx, valid_idx = train_test_split(
-                train_idx, test_size=self.validation_fraction, stratify=y_enc,
-                random_state=seed,
-            )
-            valid_dataset = dataset.subset(valid_idx, transform=None)
-        train_dataset = dataset.subset(train_idx, transform=transform)
-
-        lr_backbone = self.lr_backbone
-        if lr_backbone == "auto":
-            lr_backbone = 1e-4 if self.weights is not None else 3e-4
-        config = TrainingConfig(
-            warm_epochs=self.warm_epochs,
-            joint_epochs=self.joint_epochs,
-            push_start=self.push_start,
-            push_interval=self.push_interval,
-            batch_size=self.batch_size,
-            lr_backbone=lr_backbone,
-            lr_add_on=self.lr_add_on,
-            lr_prototypes=self.lr_prototypes,
-            weight_decay_add_on=self.weight_decay_add_on,
-            joint_lr_step=self.joint_lr_step,
-            joint_lr_gamma=self.joint_lr_gamma,
-            cluster_coef=self.cluster_coef,
-            separation_coef=self.separation_coef,
-            last_layer_l1=self.last_layer_l1,
-            last_layer_l2=self.last_layer_l2,
-            last_layer_tol=self.last_layer_tol,
-            last_layer_max_iter=self.last_layer_max_iter,
-            num_workers=self.num_workers,
-            verbose=self.verbose,
-            prototype_init=self.prototype_init,
-            mixed_precision=self.mixed_precision,
-        )
-        push = fit_stages(module, dataset, train_dataset, valid_dataset, y_enc, config,
-                          device, log, checkpoint=checkpoint)
-        module.set_trainable(backbone=False, add_on=False, prototypes=False)
-        module.cpu().eval()
-        parts = prototype_parts(module, source, push.source_index, geometry, image_size,
-                                self.box_percentile, self.batch_size, cache=cache)
-        log(f"[done] fit in {time.perf_counter() - t_start:.1f}s")
-        return parts | {
-            "classes_": classes,
-            "module_": module,
-            "prototype_source_index_": push.source_index.copy(),
-            "prototype_location_": push.location.copy(),
-            "history_": config.history,
-            "image_size_": image_size,
-            "feature_map_shape_": (h, w),
-            "cell_geometry_": geometry,
-        }
 
     # ---------------------------------------------------------- conventions
     def __sklearn_tags__(self):
@@ -579,6 +210,7 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         path : str or path
+            A file written by :meth:`save`.
         backbone : torch.nn.Module or None, default=None
             Needed only when the model was fitted with a backbone module other
             than a torchvision name or one of ``sklearn_protopnet.backbones``:
@@ -609,6 +241,7 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
 
     @property
     def n_prototypes_(self) -> int:
+        """The number m of prototypes."""
         check_is_fitted(self, "module_")
         return self.module_.n_prototypes
 
@@ -618,8 +251,8 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
 
         Yields ``(source, batches)``, ``batches`` iterating over
         ``(start, logits, similarities, distance_map)`` tensors
-        (:func:`._push.forward_batches`) with the network on ``device``; the
-        network is back on the CPU afterwards. ``transform``,
+        (:func:`._batches.forward_batches`) with the network on ``device``;
+        the network is back on the CPU afterwards. ``transform``,
         ``decision_function``, ``explain`` and ``prune`` all read it. The
         data loader draws its seed from a generator of its own, so the
         user's global torch RNG is left as it was.
@@ -642,34 +275,80 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
             return gather_outputs(batches)
 
     def decision_function(self, X) -> np.ndarray:
-        """The logits (n, K); equal to ``transform(X) @ coef_.T``."""
+        """The logits of each image.
+
+        Parameters
+        ----------
+        X : sequence of image paths, or image array
+            As for :meth:`fit`.
+
+        Returns
+        -------
+        ndarray of shape (n, K)
+            Equal to ``transform(X) @ coef_.T``, in float64.
+        """
         return self._outputs(X)[0]
 
     def transform(self, X) -> np.ndarray:
-        """Each prototype's largest similarity over the image's patches (n, m)."""
+        """Each prototype's largest similarity over the image's patches.
+
+        Parameters
+        ----------
+        X : sequence of image paths, or image array
+            As for :meth:`fit`.
+
+        Returns
+        -------
+        ndarray of shape (n, m)
+            Column j is prototype j's similarity, in float64.
+        """
         return self._outputs(X)[1]
 
     def predict_proba(self, X) -> np.ndarray:
-        """Softmax of the logits (n, K)."""
-        logits = self.decision_function(X)
-        logits -= logits.max(axis=1, keepdims=True)
-        p = np.exp(logits)
-        return p / p.sum(axis=1, keepdims=True)
+        """Class probabilities: the softmax of the logits.
+
+        Parameters
+        ----------
+        X : sequence of image paths, or image array
+            As for :meth:`fit`.
+
+        Returns
+        -------
+        ndarray of shape (n, K)
+            Columns in the order of ``classes_``.
+        """
+        return softmax(self.decision_function(X))
 
     def predict_log_proba(self, X) -> np.ndarray:
-        """Log-softmax of the logits (n, K); finite where the softmax underflows."""
-        z = self.decision_function(X)
-        z -= z.max(axis=1, keepdims=True)
-        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        """The log-softmax of the logits; finite where the softmax underflows.
+
+        Parameters
+        ----------
+        X : sequence of image paths, or image array
+            As for :meth:`fit`.
+
+        Returns
+        -------
+        ndarray of shape (n, K)
+            Columns in the order of ``classes_``.
+        """
+        return log_softmax(self.decision_function(X))
 
     def predict(self, X) -> np.ndarray:
-        logits = self.decision_function(X)
+        """The class of the largest logit.
+
+        Parameters
+        ----------
+        X : sequence of image paths, or image array
+            As for :meth:`fit`.
+
+        Returns
+        -------
+        ndarray of shape (n,)
+            Labels as given to :meth:`fit`.
+        """
+        logits = self.decision_function(X)  # first: it checks that the model is fitted
         return self.classes_[np.argmax(logits, axis=1)]
-
-    def fit_transform(self, X, y=None, **fit_params):
-        """Fit, then return the similarities of X (no augmentation)."""
-        return self.fit(X, y, **fit_params).transform(X)
-
 
     # -------------------------------------------------------- explanations
     def explain(self, X, top_k=10, classes="predicted", box_percentile=None) -> list:
@@ -677,14 +356,15 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : image paths or image array
+        X : sequence of image paths, or image array
+            As for :meth:`fit`.
         top_k : int or None, default=10
             Evidence items kept per class, by contribution; None keeps every
             prototype, and then the contributions add up to the logit.
         classes : "predicted", "all", a label or a list of labels, default="predicted"
             The classes whose evidence is listed; the first is
             ``Explanation.evidence`` ("all" starts with the predicted class).
-        box_percentile : float, default=None
+        box_percentile : float or None, default=None
             The box rule's percentile for the test images' boxes; None uses
             the fit's (``box_percentile_``), the rule of the prototypes'
             boxes. Another value changes the test images' boxes only, and
@@ -701,7 +381,14 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         return explain(self, X, top_k=top_k, classes=classes, box_percentile=box_percentile)
 
     def nearest_patches(self, X, k=6):
-        """Each prototype's k nearest patches in X, one per image.
+        """Each prototype's k nearest patches in X, one per image (the global view).
+
+        Parameters
+        ----------
+        X : sequence of image paths, or image array
+            As for :meth:`fit`.
+        k : int, default=6
+            Patches per prototype; at most the number of images.
 
         Returns
         -------
@@ -724,9 +411,20 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         last layer is solved again on the similarities of X. Every
         per-prototype attribute follows; the estimator is unchanged on error.
 
+        Parameters
+        ----------
+        X : sequence of image paths, or image array
+            Labelled images, usually the training set.
+        y : array-like of shape (n,)
+            Their labels, among ``classes_``.
+        k : int, default=6
+            Nearest patches looked at per prototype.
+        min_own : int, default=3
+            Own-class patches among them that a prototype needs to stay.
+
         Returns
         -------
-        self
+        self : ProtoPNetClassifier
         """
         check_is_fitted(self, "module_")
         from ._prune import prune
@@ -735,14 +433,22 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         return self
 
     def prototype_gallery(self, path=None):
-        """Every prototype, grouped by class, with its source, as a PIL image.
+        """Every prototype, grouped by class, with its source, as a picture.
 
-        Saved as PNG to ``path`` when given.
+        Parameters
+        ----------
+        path : str, path or None, default=None
+            Where to save it as PNG, if given.
+
+        Returns
+        -------
+        PIL.Image.Image
         """
         check_is_fitted(self, "module_")
+        from ._explain import PrototypeParts
         from ._render import prototype_gallery
 
-        image = prototype_gallery(self)
+        image = prototype_gallery(PrototypeParts.of(self), self.classes_)
         if path is not None:
             image.save(path, format="PNG")
         return image
@@ -750,7 +456,19 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
     def report(self, X, path, top_k=5) -> str:
         """Write a self-contained HTML report: the gallery and X's explanations.
 
-        Returns the path written.
+        Parameters
+        ----------
+        X : sequence of image paths, or image array
+            The images to explain.
+        path : str or path
+            The HTML file to write.
+        top_k : int or None, default=5
+            Evidence items per class, as in :meth:`explain`.
+
+        Returns
+        -------
+        str
+            The path written.
         """
         check_is_fitted(self, "module_")
         from ._report import write_report

@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from ._params import add_cli_options, cli_values
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
@@ -28,22 +30,7 @@ def _build_parser() -> argparse.ArgumentParser:
     fit.add_argument("dir", help="a folder with one sub-folder of images per class")
     fit.add_argument("--out", default="protopnet-model.joblib",
                      help="where to save the model (default: ./protopnet-model.joblib)")
-    fit.add_argument("--backbone", default="resnet18",
-                     help="torchvision backbone name, or 'small' for a small CNN "
-                          "(default: resnet18)")
-    fit.add_argument("--weights", default=None,
-                     help="torchvision weights name (e.g. DEFAULT) or a state_dict file")
-    fit.add_argument("--image-size", type=int, default=224)
-    fit.add_argument("--prototypes-per-class", type=int, default=10)
-    fit.add_argument("--prototype-dim", type=int, default=128)
-    fit.add_argument("--warm-epochs", type=int, default=5)
-    fit.add_argument("--joint-epochs", type=int, default=20)
-    fit.add_argument("--push-start", type=int, default=10)
-    fit.add_argument("--push-interval", type=int, default=10)
-    fit.add_argument("--batch-size", type=int, default=32)
-    fit.add_argument("--no-augment", action="store_true", help="train without augmentation")
-    fit.add_argument("--device", default="auto")
-    fit.add_argument("--random-state", type=int, default=0)
+    add_cli_options(fit)  # one option per hyperparameter (see _params.py)
     fit.add_argument("--quiet", action="store_true", help="do not print training progress")
 
     predict = sub.add_parser("predict", help="print 'path<TAB>label<TAB>probability' per image")
@@ -101,19 +88,12 @@ def _fit(args) -> None:
     from ._classifier import ProtoPNetClassifier
 
     paths, labels = folder_dataset(args.dir)
-    backbone = args.backbone
-    if backbone == "small":
+    params = cli_values(args)
+    if params["backbone"] == "small":
         from .backbones import SmallCNN
 
-        backbone = SmallCNN()
-    clf = ProtoPNetClassifier(
-        backbone=backbone, weights=args.weights, image_size=args.image_size,
-        prototypes_per_class=args.prototypes_per_class, prototype_dim=args.prototype_dim,
-        warm_epochs=args.warm_epochs, joint_epochs=args.joint_epochs,
-        push_start=args.push_start, push_interval=args.push_interval,
-        batch_size=args.batch_size, augment=not args.no_augment, device=args.device,
-        random_state=args.random_state, verbose=0 if args.quiet else 1,
-    )
+        params["backbone"] = SmallCNN()
+    clf = ProtoPNetClassifier(**params, verbose=0 if args.quiet else 1)
     print(f"fitting on {len(paths)} images of {len(set(labels))} classes from {args.dir}")
     clf.fit(paths, labels)
     folder = os.path.dirname(args.out)

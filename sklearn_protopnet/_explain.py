@@ -1,7 +1,7 @@
 """Explanations as data: "this" part of the image looks like "that" prototype.
 
 Every number here is read from the one inference pass
-(:func:`._push.forward_batches`) that ``transform`` and ``decision_function``
+(:func:`._batches.forward_batches`) that ``transform`` and ``decision_function``
 use: the similarity of prototype j is the pooled similarity of that pass,
 the weight is ``coef_[k, j]``, the contribution their product, and over all
 prototypes the contributions add up to the logit. The box of an evidence item
@@ -20,9 +20,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ._batches import forward_batches
 from ._geometry import CellGeometry, box_from_map, upsample_map
 from ._images import ImageDataset, ImageSource
-from ._push import forward_batches
+from ._maths import softmax
+from ._params import check_value
+from ._render import scoring_sheet
 
 #: Largest side, in pixels, of the stored prototype crops and source thumbnails.
 CROP_MAX_SIDE = 128
@@ -60,6 +63,12 @@ class Evidence:
         (row, column) of the latent cell where the prototype fired most.
     similarity_map : ndarray of shape (h, w)
         The prototype's similarity at every latent cell.
+    original_size : (int, int)
+        (width, height) of the image as the user sees it.
+    geometry : CellGeometry
+        Where the latent cells lie on the network's input.
+    percentile : float
+        The box rule's percentile of :attr:`box`.
     """
 
     prototype: int
@@ -70,7 +79,7 @@ class Evidence:
     contribution: float
     location: tuple[int, int]
     similarity_map: np.ndarray = field(repr=False)
-    image_size: tuple[int, int] = field(repr=False)  # (width, height), original
+    original_size: tuple[int, int] = field(repr=False)
     geometry: CellGeometry = field(repr=False)
     percentile: float = field(repr=False, default=95.0)
 
@@ -86,32 +95,56 @@ class Evidence:
         Computed on access, so that explaining large photos does not hold one
         full-size float map per evidence item in memory.
         """
-        width, height = self.image_size
+        width, height = self.original_size
         return upsample_map(self.similarity_map, self.geometry, (height, width))
 
 
-def fitted_percentile(estimator) -> float:
-    """The box rule's percentile the prototypes' boxes and crops were made
-    with at fit (models saved before ``box_percentile_`` existed: the
-    parameter, which was then the fit's)."""
-    return float(getattr(estimator, "box_percentile_", estimator.box_percentile))
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays inside: compared and hashed by identity
 class PrototypeParts:
-    """The "that" of every prototype, as stored in the fitted estimator."""
+    """The "that" of every prototype, as stored in the fitted estimator.
 
-    prototype_class: np.ndarray  # (m,) labels
-    source_index: np.ndarray  # (m,)
-    source_path: list  # m str or None
-    box: np.ndarray  # (m, 4) in the source image's original pixels
-    crop: list  # m uint8 (h, w, 3)
-    thumbnail: list  # m uint8 (h, w, 3), the whole source image
-    source_size: np.ndarray  # (m, 2) original (width, height)
-    percentile: float  # the box rule's percentile of ``box`` and ``crop``, set at fit
+    Attributes
+    ----------
+    prototype_class : ndarray of shape (m,)
+        Class label of each prototype.
+    source_index : ndarray of shape (m,)
+        Index, into the X given to fit, of each prototype's source image.
+    source_path : list of str or None
+        The source image's path (None for array input).
+    box : ndarray of shape (m, 4)
+        (x0, y0, x1, y1), end-exclusive, in the source image's original pixels.
+    crop : list of uint8 ndarrays (h, w, 3)
+        The pixels inside each box.
+    thumbnail : list of uint8 ndarrays (h, w, 3)
+        Each whole source image, shrunk.
+    original_size : ndarray of shape (m, 2)
+        (width, height) of each source image as the user sees it.
+    percentile : float
+        The box rule's percentile of ``box`` and ``crop``, set at fit.
+    """
+
+    prototype_class: np.ndarray
+    source_index: np.ndarray
+    source_path: list
+    box: np.ndarray
+    crop: list
+    thumbnail: list
+    original_size: np.ndarray
+    percentile: float
 
     @classmethod
     def of(cls, estimator) -> PrototypeParts:
+        """The parts of a fitted :class:`~sklearn_protopnet.ProtoPNetClassifier`.
+
+        Parameters
+        ----------
+        estimator : ProtoPNetClassifier
+            A fitted model.
+
+        Returns
+        -------
+        PrototypeParts
+        """
         return cls(
             prototype_class=estimator.prototype_class_,
             source_index=np.asarray(estimator.prototype_source_index_),
@@ -119,11 +152,12 @@ class PrototypeParts:
             box=np.asarray(estimator.prototype_box_),
             crop=list(estimator.prototype_crop_),
             thumbnail=list(estimator.prototype_source_thumbnail_),
-            source_size=np.asarray(estimator.prototype_source_size_),
-            percentile=fitted_percentile(estimator),
+            original_size=np.asarray(estimator.prototype_original_size_),
+            percentile=float(estimator.box_percentile_),
         )
 
     def source_name(self, j: int) -> str:
+        """Prototype ``j``'s source: its path, or ``X[i] of fit`` for an array."""
         path = self.source_path[j]
         return path if path is not None else f"X[{int(self.source_index[j])}] of fit"
 
@@ -151,11 +185,15 @@ class Explanation:
         The explained class's evidence, by contribution, largest first.
     evidence_by_class : dict
         Label -> list of Evidence for every class asked for.
-    image_size : (int, int)
+    original_size : (int, int)
         (width, height) of the image as the user sees it.
     top_k : int or None
         Items kept per class; None keeps every prototype, and then the
         contributions add up to the logit.
+    box_percentile : float
+        The box rule's percentile of this image's evidence boxes.
+    prototypes : PrototypeParts
+        The "that" side: every prototype's crop, source and box.
     """
 
     name: str
@@ -167,18 +205,28 @@ class Explanation:
     explained_class: object
     evidence: list
     evidence_by_class: dict
-    image_size: tuple[int, int]
+    original_size: tuple[int, int]
     top_k: int | None
+    box_percentile: float
+    prototypes: PrototypeParts = field(repr=False)
     _weights: np.ndarray = field(repr=False)
     _maps: np.ndarray = field(repr=False)  # (m, h, w) similarity maps
     _geometry: CellGeometry = field(repr=False)
-    _percentile: float = field(repr=False)
-    _prototypes: PrototypeParts = field(repr=False)
     _source: ImageSource = field(repr=False)
     _index: int = field(repr=False)
 
     def logit(self, label=None) -> float:
-        """The logit of ``label`` (default: the explained class)."""
+        """The logit of a class.
+
+        Parameters
+        ----------
+        label : label or None, default=None
+            A class; None is the explained class.
+
+        Returns
+        -------
+        float
+        """
         label = self.explained_class if label is None else label
         return float(self.logits[_class_index(self.classes, label)])
 
@@ -190,24 +238,47 @@ class Explanation:
         return self.classes[next(int(j) for j in order if j != k)]
 
     def evidence_for(self, label, top_k: int | None | str = "same") -> list:
-        """Evidence for any class, computed from the stored maps on demand."""
+        """Evidence for any class, computed from the stored maps on demand.
+
+        Parameters
+        ----------
+        label : label
+            One of ``classes``.
+        top_k : int, None or "same", default="same"
+            Items kept, by contribution; "same" is :attr:`top_k`.
+
+        Returns
+        -------
+        list of Evidence
+            Largest contribution first.
+        """
         if label in self.evidence_by_class and top_k == "same":
             return self.evidence_by_class[label]
         top_k = self.top_k if top_k == "same" else _check_top_k(top_k)
         return _class_evidence(
             self.similarities, self._weights, self._maps, self.classes,
-            _class_index(self.classes, label), self._prototypes.prototype_class, top_k,
-            self.image_size, self._geometry, self._percentile,
+            _class_index(self.classes, label), self.prototypes.prototype_class, top_k,
+            self.original_size, self._geometry, self.box_percentile,
         )
 
     def image(self) -> Image.Image:
-        """The input image as an RGB PIL image (read again from its file)."""
+        """The input image as the user sees it.
+
+        Returns
+        -------
+        PIL.Image.Image
+            RGB, read again from its file (or the array).
+        """
         return self._source.open(self._index)
 
     def save(self, path) -> None:
-        """Write the scoring sheet as a PNG file (see :mod:`._render`)."""
-        from ._render import scoring_sheet
+        """Write the scoring sheet as a PNG file.
 
+        Parameters
+        ----------
+        path : str, path or file object
+            Where to write it.
+        """
         scoring_sheet(self).save(path, format="PNG")
 
     def _repr_png_(self) -> bytes:
@@ -238,13 +309,7 @@ def _check_top_k(top_k):
     return int(top_k)
 
 
-def _check_percentile(percentile) -> float:
-    if not isinstance(percentile, numbers.Real) or not 0 <= percentile <= 100:
-        raise ValueError(f"box_percentile must be a number in [0, 100], got {percentile!r}")
-    return float(percentile)
-
-
-def _class_evidence(sims, weights, maps, classes, k, prototype_class, top_k, image_size,
+def _class_evidence(sims, weights, maps, classes, k, prototype_class, top_k, original_size,
                     geometry, percentile) -> list:
     contributions = sims * weights[k]
     # stable: equal contributions keep prototype order, so results are reproducible
@@ -266,7 +331,7 @@ def _class_evidence(sims, weights, maps, classes, k, prototype_class, top_k, ima
                 contribution=float(contributions[j]),
                 location=(int(r), int(c)),
                 similarity_map=cell_map,
-                image_size=image_size,
+                original_size=original_size,
                 geometry=geometry,
                 percentile=percentile,
             )
@@ -279,8 +344,11 @@ def explain(estimator, X, top_k=10, classes="predicted", box_percentile=None) ->
     top_k = _check_top_k(top_k)
     parts = PrototypeParts.of(estimator)
     # by default the rule the prototypes' boxes were drawn with at fit
-    percentile = _check_percentile(parts.percentile if box_percentile is None
-                                   else box_percentile)
+    if box_percentile is None:
+        percentile = parts.percentile
+    else:
+        check_value("box_percentile", box_percentile, "explain")
+        percentile = float(box_percentile)
     labels = estimator.classes_
     if isinstance(classes, str) and classes in ("predicted", "all"):
         wanted = classes
@@ -307,8 +375,7 @@ def explain(estimator, X, top_k=10, classes="predicted", box_percentile=None) ->
 
 def _one(i, source, logits, sims, maps, labels, weights, parts, wanted, top_k, geometry,
          percentile) -> Explanation:
-    shifted = np.exp(logits - logits.max())
-    proba = shifted / shifted.sum()
+    proba = softmax(logits)
     predicted = labels[int(np.argmax(logits))]
     if wanted == "predicted":
         asked = [predicted]
@@ -316,18 +383,19 @@ def _one(i, source, logits, sims, maps, labels, weights, parts, wanted, top_k, g
         asked = [predicted] + [c for c in labels if c != predicted]
     else:
         asked = wanted
-    image_size = source.original_size(i)
+    original_size = source.original_size(i)
     by_class = {
         c: _class_evidence(sims, weights, maps, labels, _class_index(labels, c),
-                           parts.prototype_class, top_k, image_size, geometry, percentile)
+                           parts.prototype_class, top_k, original_size, geometry, percentile)
         for c in asked
     }
     return Explanation(
         name=source.name(i), predicted=predicted, classes=labels, logits=logits,
         probabilities=proba, similarities=sims, explained_class=asked[0],
-        evidence=by_class[asked[0]], evidence_by_class=by_class, image_size=image_size,
-        top_k=top_k, _weights=weights, _maps=maps, _geometry=geometry,
-        _percentile=percentile, _prototypes=parts, _source=source, _index=i,
+        evidence=by_class[asked[0]], evidence_by_class=by_class,
+        original_size=original_size, top_k=top_k, box_percentile=percentile,
+        prototypes=parts, _weights=weights, _maps=maps, _geometry=geometry,
+        _source=source, _index=i,
     )
 
 
@@ -376,7 +444,7 @@ def prototype_parts(module, source: ImageSource, source_index, geometry: CellGeo
         "prototype_box_": boxes,
         "prototype_crop_": crops,
         "prototype_source_thumbnail_": thumbs,
-        "prototype_source_size_": sizes,
+        "prototype_original_size_": sizes,
         "box_percentile_": float(percentile),
     }
 

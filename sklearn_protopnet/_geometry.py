@@ -60,8 +60,8 @@ class CellGeometry:
     even-tiling fallback was used.
     """
 
-    input_size: tuple[int, int]  # (H, W)
-    map_size: tuple[int, int]  # (h, w)
+    image_size: tuple[int, int]  # (height, width) of the network's input
+    feature_map_shape: tuple[int, int]  # (height, width) of the feature map
     stride: tuple[float, float]
     offset: tuple[float, float]
     receptive_field: tuple[int, int]
@@ -324,7 +324,7 @@ def upsample_map(cell_map: np.ndarray, geometry: CellGeometry,
     """Bicubic interpolation of an (h, w) cell map over an image of ``out_size``.
 
     ``out_size`` (height, width) is the image as the user sees it (its
-    original size); the model saw it resized to ``geometry.input_size``, a
+    original size); the model saw it resized to ``geometry.image_size``, a
     pure scaling. Each cell's value is placed at the cell's centre
     (``geometry.centre``) mapped to output pixels; between centres the map is
     interpolated bicubically, beyond the outermost centres it is held at the
@@ -339,7 +339,7 @@ def upsample_map(cell_map: np.ndarray, geometry: CellGeometry,
     cell_map = np.asarray(cell_map, dtype=np.float64)
     h, w = cell_map.shape
     out_h, out_w = (int(v) for v in out_size)
-    H, W = geometry.input_size
+    H, W = geometry.image_size
     rows = _interpolation_matrix(out_h, int(H), h, float(geometry.stride[0]),
                                  float(geometry.offset[0]))
     cols = _interpolation_matrix(out_w, int(W), w, float(geometry.stride[1]),

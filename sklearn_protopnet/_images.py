@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ._batches import iterate_batches
+
 _WHITE = (255, 255, 255)
 
 
@@ -329,8 +331,6 @@ class ImageDataset(torch.utils.data.Dataset):
 
 def decode_all(source: ImageSource, image_size, num_workers: int = 0) -> torch.Tensor:
     """Decode every image once into one uint8 tensor (n, 3, H, W)."""
-    from ._push import iterate_batches
-
     h, w = image_size
     out = torch.empty((len(source), 3, h, w), dtype=torch.uint8)
     # its own generator: decoding must not draw from the global RNG, so a fit

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._maths import log_softmax
+
 # Iterations between two evaluations of the KKT residual.
 _CHECK_EVERY = 5
 
@@ -35,13 +37,10 @@ class LastLayerResult:
 
 def _value(W, S, Y, l2, want_proba=False):
     """mean CE + (l2/2)|W|^2 at W, and the softmax probabilities if asked."""
-    logits = S @ W.T
-    logits -= logits.max(axis=1, keepdims=True)
-    E = np.exp(logits)
-    z = E.sum(axis=1)
-    ce = float((np.log(z) - (logits * Y).sum(axis=1)).mean())
+    log_p = log_softmax(S @ W.T, axis=1)
+    ce = -float((log_p * Y).sum(axis=1).mean())
     value = ce + 0.5 * l2 * float((W * W).sum())
-    return (value, E / z[:, None]) if want_proba else (value, None)
+    return (value, np.exp(log_p)) if want_proba else (value, None)
 
 
 def _smooth(W, S, Y, l2):
@@ -70,6 +69,14 @@ def objective(W, S, y, own, l1, l2) -> float:
     Y = np.eye(W.shape[0])[y]
     value, _ = _smooth(W, S, Y, l2)
     return value + l1 * float(np.abs(W[~own]).sum())
+
+
+def kkt_residual_at(W, S, y, own, l1, l2) -> float:
+    """:func:`kkt_residual` of the objective at ``W`` (any weights, e.g. the
+    float32 ones a network holds), for similarities S and labels y."""
+    W = np.asarray(W, dtype=np.float64)
+    _, grad = _smooth(W, np.asarray(S, dtype=np.float64), np.eye(W.shape[0])[y], l2)
+    return kkt_residual(W, grad, ~np.asarray(own, dtype=bool), l1)
 
 
 def solve_last_layer(
@@ -143,3 +150,7 @@ def solve_last_layer(
             residual = kkt_residual(W, grad, off, l1)
     value += l1 * float(np.abs(W[off]).sum())
     return LastLayerResult(W, residual, value, it, residual <= tol)
+
+
+__all__ = ["LastLayerResult", "kkt_residual", "kkt_residual_at", "objective",
+           "solve_last_layer"]

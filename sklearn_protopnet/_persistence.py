@@ -41,7 +41,11 @@ import zipfile
 import numpy as np
 import torch
 
+from ._backbones import SmallCNN, build_backbone
 from ._checkpoint import atomic_write
+from ._geometry import CellGeometry
+from ._network import ProtoPNet
+from ._version import __version__
 
 FORMAT_NAME = "sklearn-protopnet model"
 FORMAT_VERSION = 1
@@ -50,17 +54,10 @@ _TENSORS = "tensors.pt"
 _NUMERIC_KINDS = "biufcmM"
 
 
-def _dataclasses() -> dict:
-    from ._geometry import CellGeometry
-
-    return {"CellGeometry": CellGeometry}
-
-
-def _our_backbones() -> dict:
-    """Our own backbone classes: name -> (class, constructor argument names)."""
-    from .backbones import SmallCNN
-
-    return {"SmallCNN": (SmallCNN, ("width",))}
+#: The dataclasses a model file may hold, by name.
+_DATACLASSES = {"CellGeometry": CellGeometry}
+#: Our own backbone classes: name -> (class, constructor argument names).
+_OUR_BACKBONES = {"SmallCNN": (SmallCNN, ("width",))}
 
 
 class _Writer:
@@ -99,7 +96,7 @@ class _Writer:
         if isinstance(value, np.random.RandomState):
             return {"kind": "random_state", "state": self.encode(value.get_state(), where)}
         name = type(value).__name__
-        if dataclasses.is_dataclass(value) and _dataclasses().get(name) is type(value):
+        if dataclasses.is_dataclass(value) and _DATACLASSES.get(name) is type(value):
             return {"kind": "dataclass", "class": name,
                     "fields": {f.name: self.encode(getattr(value, f.name), f"{where}.{f.name}")
                                for f in dataclasses.fields(value)}}
@@ -187,7 +184,7 @@ class _Reader:
             rs.set_state(self.decode(node["state"]))
             return rs
         if kind == "dataclass":
-            cls = _dataclasses().get(node["class"])
+            cls = _DATACLASSES.get(node["class"])
             if cls is None:
                 raise ValueError(f"malformed model file: unknown class {node['class']!r}")
             return cls(**{k: self.decode(v) for k, v in node["fields"].items()})
@@ -203,7 +200,7 @@ def _backbone_spec(param, writer: _Writer) -> dict:
     state = {k: writer._tensor(v, f"parameter:backbone/{k}")
              for k, v in param.state_dict().items()}
     name = type(param).__name__
-    ours = _our_backbones().get(name)
+    ours = _OUR_BACKBONES.get(name)
     if ours is not None and ours[0] is type(param):
         args = {a: writer.encode(getattr(param, a), f"backbone.{a}") for a in ours[1]}
         return {"kind": "ours", "class": name, "args": args, "state": state}
@@ -233,7 +230,7 @@ def _rebuild_param_backbone(spec: dict, reader: _Reader, backbone):
         return spec["name"]
     state = {k: reader.tensor(v) for k, v in spec["state"].items()}
     if kind == "ours":
-        entry = _our_backbones().get(spec["class"])
+        entry = _OUR_BACKBONES.get(spec["class"])
         if entry is None:
             raise ValueError(f"malformed model file: unknown backbone class {spec['class']!r}")
         cls, names = entry
@@ -264,9 +261,6 @@ def _network_spec(module, add_on: str, writer: _Writer, name: str) -> dict:
 
 
 def _rebuild_network(spec: dict, reader: _Reader, backbone_param):
-    from ._backbones import build_backbone
-    from ._network import ProtoPNet
-
     state = {k: reader.tensor(v) for k, v in spec["state"].items()}
     for key in ("prototypes", "prototype_class", "last_layer.weight", "add_on.0.weight"):
         if key not in state:
@@ -299,8 +293,6 @@ def _rebuild_network(spec: dict, reader: _Reader, backbone_param):
 def save(estimator, path) -> None:
     """Write a fitted ``estimator`` to ``path`` (see the module docstring)."""
     from sklearn.utils.validation import check_is_fitted
-
-    from . import __version__
 
     check_is_fitted(estimator, "module_")
     writer = _Writer()

@@ -18,14 +18,14 @@ import numpy as np
 import torch
 from sklearn.utils.validation import column_or_1d
 
-from ._last_layer import kkt_residual, solve_last_layer
+from ._last_layer import kkt_residual_at, solve_last_layer
 
 #: Per-prototype fitted attributes, re-indexed when prototypes are removed.
 PER_PROTOTYPE_ARRAYS = (
     "prototype_source_index_",
     "prototype_location_",
     "prototype_box_",
-    "prototype_source_size_",
+    "prototype_original_size_",
 )
 PER_PROTOTYPE_LISTS = (
     "prototype_source_path_",
@@ -172,13 +172,6 @@ def prune(estimator, X, y, k: int = 6, min_own: int = 3) -> dict:
                            max_iter=estimator.last_layer_max_iter)
     with torch.no_grad():
         new.last_layer.weight.copy_(torch.from_numpy(sol.weight))
-    # the residual at the float32 weights the module actually holds
-    W32 = new.last_layer.weight.double().numpy()
-    Y = np.eye(n_classes)[y_enc]
-    logits = S[:, keep] @ W32.T
-    P = np.exp(logits - logits.max(axis=1, keepdims=True))
-    P /= P.sum(axis=1, keepdims=True)
-    grad = (P - Y).T @ S[:, keep] / len(S) + estimator.last_layer_l2 * W32
 
     state = {"module_": new}
     for name in PER_PROTOTYPE_ARRAYS:
@@ -194,7 +187,10 @@ def prune(estimator, X, y, k: int = 6, min_own: int = 3) -> dict:
         "stage": "prune", "k": int(k), "min_own": int(min_own),
         "kept": keep.tolist(), "removed_impure": removed, "merged_duplicates": merged_away,
         "objective": sol.objective, "kkt_residual": sol.kkt_residual,
-        "kkt_residual_float32": kkt_residual(W32, grad, ~own, estimator.last_layer_l1),
+        # the residual at the float32 weights the module actually holds
+        "kkt_residual_float32": kkt_residual_at(
+            new.last_layer.weight.double().numpy(), S[:, keep], y_enc, own,
+            estimator.last_layer_l1, estimator.last_layer_l2),
         "iterations": sol.iterations, "converged": sol.converged,
     }]
     return state

@@ -75,7 +75,7 @@ def sheet_text(explanation) -> dict:
             f"predicted: {explanation.predicted} "
             f"(probability {explanation.probabilities[k]:.3f}, logit "
             f"{_fmt(explanation.logits[k])})",
-            f"image {explanation.image_size[0]}x{explanation.image_size[1]} px; "
+            f"image {explanation.original_size[0]}x{explanation.original_size[1]} px; "
             f"boxes: {box_rule_text(explanation)}",
         ],
     }
@@ -107,7 +107,7 @@ def fit_tile(img: Image.Image, side: int = TILE) -> Image.Image:
 def box_rule_text(explanation) -> str:
     """The box rule as drawn: test-image and prototype boxes may differ when
     ``explain`` was given another percentile than the fit's."""
-    this, that = explanation._percentile, explanation._prototypes.percentile
+    this, that = explanation.box_percentile, explanation.prototypes.percentile
     text = f"pixels >= {this:g}th percentile of the map"
     return text if this == that else f"{text} (prototype boxes: {that:g}th, set at fit)"
 
@@ -149,7 +149,7 @@ def that_tiles(parts, j: int) -> tuple[Image.Image, Image.Image]:
     """The prototype's crop, and its box on the thumbnail of its source image."""
     crop = fit_tile(Image.fromarray(parts.crop[j]))
     tile = fit_tile(Image.fromarray(parts.thumbnail[j]))
-    return crop, draw_box(tile, parts.box[j], parts.source_size[j])
+    return crop, draw_box(tile, parts.box[j], parts.original_size[j])
 
 
 def _paste_centred(canvas, img, x, y, side=TILE):
@@ -175,7 +175,7 @@ def _column(explanation, label, items, tile, parts) -> Image.Image:
         draw.text((PAD + i * (TILE + PAD), y), name, font=font(11), fill=MUTED)
     y += 14
     for item in items:
-        _paste_centred(col, this_tile(tile, explanation.image_size, item), PAD, y)
+        _paste_centred(col, this_tile(tile, explanation.original_size, item), PAD, y)
         crop, source = that_tiles(parts, item.prototype)
         _paste_centred(col, crop, PAD + TILE + PAD, y)
         _paste_centred(col, source, PAD + 2 * (TILE + PAD), y)
@@ -203,7 +203,7 @@ def scoring_sheet(explanation, image: Image.Image | None = None) -> Image.Image:
     """
     if image is None:
         image = explanation.image()
-    parts = explanation._prototypes
+    parts = explanation.prototypes
     texts = sheet_text(explanation)
     main = explanation.explained_class
     runner = explanation.runner_up
@@ -244,17 +244,18 @@ def gallery_caption(parts, j: int) -> list[str]:
     return [f"prototype {j}", f"{name}"[:22], f"box {x0},{y0},{x1},{y1}"]
 
 
-def prototype_gallery(estimator, per_line: int = 6) -> Image.Image:
-    """Every prototype, grouped by class: its crop over its place in its source."""
-    from ._explain import PrototypeParts
+def prototype_gallery(parts, classes, per_line: int = 6) -> Image.Image:
+    """Every prototype, grouped by class: its crop over its place in its source.
 
-    parts = PrototypeParts.of(estimator)
+    ``parts`` is the :class:`~._explain.PrototypeParts` of a fitted model and
+    ``classes`` its ``classes_``, in the order the blocks are drawn.
+    """
     f, fb = font(11), font(16)
     lh, lhb = _text_height(f), _text_height(fb)
     cell_w = TILE + 2 * PAD
     cell_h = 2 * TILE + PAD + 3 * lh + PAD
     blocks = []
-    for label in estimator.classes_:
+    for label in classes:
         js = np.flatnonzero(parts.prototype_class == label)
         lines = max(1, -(-len(js) // per_line))
         block = Image.new("RGB", (per_line * cell_w + PAD, lhb + PAD + lines * cell_h),

@@ -13,7 +13,8 @@ import os
 
 from PIL import Image
 
-from ._render import evidence_text, scoring_sheet, sheet_text, total_text
+from ._explain import PrototypeParts
+from ._render import evidence_text, prototype_gallery, scoring_sheet, sheet_text, total_text
 
 _STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #222; max-width: 1400px; }
@@ -58,11 +59,9 @@ def _explanation_html(explanation, n: int) -> str:
     )
 
 
-def _percentiles(estimator, explanations) -> str:
-    from ._explain import fitted_percentile
-
-    fitted = fitted_percentile(estimator)
-    used = sorted({e._percentile for e in explanations} - {fitted})
+def _percentiles(parts, explanations) -> str:
+    fitted = parts.percentile
+    used = sorted({e.box_percentile for e in explanations} - {fitted})
     text = f"{fitted:g}th percentile"
     if used:
         text += (f" ({', '.join(f'{p:g}th' for p in used)} for the test images' boxes "
@@ -72,9 +71,8 @@ def _percentiles(estimator, explanations) -> str:
 
 def report_html(estimator, explanations) -> str:
     """The report as one HTML string."""
-    from ._render import prototype_gallery
-
-    gallery = png_data_uri(prototype_gallery(estimator))
+    parts = PrototypeParts.of(estimator)
+    gallery = png_data_uri(prototype_gallery(parts, estimator.classes_))
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         "<title>ProtoPNet explanations</title>",
@@ -83,7 +81,7 @@ def report_html(estimator, explanations) -> str:
         f"<p>{estimator.n_prototypes_} prototypes, classes "
         f"{html.escape(', '.join(map(str, estimator.classes_)))}. Each logit is the sum over "
         "prototypes of similarity x weight; a box holds the pixels at or above the "
-        f"{_percentiles(estimator, explanations)} of the upsampled similarity map.</p>",
+        f"{_percentiles(parts, explanations)} of the upsampled similarity map.</p>",
         "<h2>Prototypes</h2>",
         f"<img alt='prototype gallery' src='{gallery}'>",
         "<h2>Explanations</h2>",

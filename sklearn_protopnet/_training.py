@@ -1,183 +1,183 @@
-"""The staged training: warm-up, joint, push, last layer.
+"""One fit: from checked images and encoded labels to the fitted state.
 
-The SGD stages run through a skorch ``NeuralNet`` extended through its own
-hooks: ``get_loss`` adds the cluster, separation and L1 terms,
-``get_all_learnable_params`` hands the optimiser only the unfrozen parts,
-named ``param_groups`` give each part its learning rate, and a callback sets
-the step-decay schedule. Push and the convex last layer run between epochs.
+:func:`train` is everything ``ProtoPNetClassifier.fit`` does after checking
+its input: the seed and the checkpoint, the network, the decode cache, the
+validation split, the augmentation, the "auto" rules, the staged loop
+(:func:`fit_stages`) and the prototypes' parts. It returns the fitted
+attributes as a dict, so that the estimator is changed only once the whole
+fit has succeeded.
+
+The staged loop is a list of steps (:func:`training_steps`): the
+initialisation, one step per SGD epoch (warm-up, then joint; through skorch,
+:mod:`._sgd`), and a push (:mod:`._push`) and a convex last layer
+(:mod:`._last_layer`) on the push schedule and at the end. A checkpoint can
+follow every step.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import numbers
 import time
-from dataclasses import dataclass, field
+import warnings
 
 import numpy as np
 import torch
-from skorch import NeuralNet
-from skorch.callbacks import Callback, PassthroughScoring
-from skorch.dataset import unpack_data
+from sklearn.utils import check_random_state
+from skorch.callbacks import PassthroughScoring
 from skorch.helper import predefined_split
-from skorch.utils import TeeGenerator
 
-from ._checkpoint import get_rng_states, set_rng_states
-from ._last_layer import solve_last_layer
-from ._network import off_class_l1, prototype_losses
-from ._push import (
-    PushResult,
-    discriminative_patches,
-    iterate_batches,
-    push_prototypes,
-    similarities,
+from ._backbones import build_backbone, probe_backbone
+from ._batches import similarities
+from ._checkpoint import (
+    Checkpoint,
+    get_rng_states,
+    random_states_kept,
+    set_rng_states,
+    training_identity,
 )
+from ._explain import prototype_parts
+from ._geometry import cell_geometry
+from ._images import ImageDataset, decode_all, make_augmentation
+from ._init import calibrate_batchnorm, initialise_prototypes
+from ._last_layer import solve_last_layer
+from ._network import ProtoPNet
+from ._params import image_size_pair
+from ._push import PushResult, push_prototypes
+from ._sgd import BATCH_METRICS, ProtoPNetNet, StepDecay
 
-_BATCH_METRICS = ("ce", "cluster", "separation", "l1", "acc")
 
+# ----------------------------------------------------------------------------
+# the "auto" rules
+# ----------------------------------------------------------------------------
+def resolve_auto(hp):
+    """``hp`` with every "auto" value replaced by the value it stands for.
 
-class ProtoPNetNet(NeuralNet):
-    """skorch net whose loss is the ProtoPNet objective.
-
-    ``module`` returns ``(logits, min_distances)``; the loss is
-    ``CE + cluster_coef * Clst - separation_coef * Sep + l1_coef * L1``.
-
-    ``mixed_precision`` runs the forward pass under autocast (float16 with
-    gradient scaling on CUDA; bfloat16 elsewhere, used only by the tests) and
-    hands float32 outputs to the loss. ``channels_last`` stores the module and
-    each batch in channels-last memory format, which cuDNN convolutions run
-    faster on. Batches are copied to the device without blocking.
+    ``lr_backbone="auto"``: 1e-4 (the reference's) for pretrained weights,
+    3e-4 for a randomly initialised backbone, which has everything to learn.
     """
+    changes = {}
+    if hp.lr_backbone == "auto":
+        changes["lr_backbone"] = 1e-4 if hp.weights is not None else 3e-4
+    return dataclasses.replace(hp, **changes)
 
-    def __init__(self, *args, cluster_coef=0.8, separation_coef=0.08, l1_coef=1e-4,
-                 mixed_precision=False, channels_last=False, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.cluster_coef = cluster_coef
-        self.separation_coef = separation_coef
-        self.l1_coef = l1_coef
-        self.mixed_precision = mixed_precision
-        self.channels_last = channels_last
 
-    @property
-    def _device_type(self) -> str:
-        return torch.device(self.device).type
+def draw_seed(random_state) -> int:
+    """The one seed of a fit: ``random_state`` itself when it is an int."""
+    if isinstance(random_state, numbers.Integral):
+        return int(random_state)
+    return int(check_random_state(random_state).randint(0, 2**31 - 1))
 
-    def initialize_module(self):
-        super().initialize_module()
-        if self.channels_last:
-            self.module_.to(memory_format=torch.channels_last)
-        return self
 
-    def initialize(self):
-        super().initialize()
-        cuda = self._device_type == "cuda"
-        self.scaler_ = torch.amp.GradScaler(
-            self._device_type, enabled=bool(self.mixed_precision) and cuda
+# ----------------------------------------------------------------------------
+# one fit
+# ----------------------------------------------------------------------------
+def train(hp, source, y_enc: np.ndarray, classes: np.ndarray, device: torch.device) -> dict:
+    """Fit a network on checked input; return the estimator's fitted attributes.
+
+    Parameters
+    ----------
+    hp : Hyperparameters
+        The estimator's parameters (:mod:`._params`), already validated.
+    source : ImageSource
+        The training images, checked by :func:`._images.check_images`.
+    y_enc : ndarray of int64, shape (n,)
+        Labels encoded as indices into ``classes``.
+    classes : ndarray of shape (K,)
+    device : torch.device
+        Where the SGD stages, the push and the last layer's features run.
+
+    The global random states (torch, numpy, ``random``) are left as they were.
+    """
+    log = print if hp.verbose else (lambda *a, **k: None)
+    seed = draw_seed(hp.random_state)
+    checkpoint = None
+    if hp.checkpoint_dir is not None:
+        identity = training_identity(hp.as_dict(), source, classes, y_enc)
+        checkpoint = Checkpoint(hp.checkpoint_dir, identity).load()
+        if checkpoint.seed is None:
+            checkpoint.seed = seed
+        seed = checkpoint.seed  # a resumed fit continues the interrupted one's stream
+    with random_states_kept([device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        state = _train(resolve_auto(hp), source, y_enc, classes, device, seed, log,
+                       checkpoint)
+    if checkpoint is not None:
+        checkpoint.remove()
+    return state
+
+
+def _train(hp, source, y_enc, classes, device, seed, log, checkpoint) -> dict:
+    t_start = time.perf_counter()
+    image_size = image_size_pair(hp.image_size)
+    built = build_backbone(hp.backbone, hp.weights, hp.normalize)
+    channels, h, w = probe_backbone(built.module, image_size)
+    geometry = cell_geometry(built.module, image_size, (h, w))
+    n_classes = len(classes)
+    prototype_class = torch.arange(n_classes).repeat_interleave(hp.prototypes_per_class)
+    module = ProtoPNet(built.module, channels, prototype_class, n_classes,
+                       prototype_dim=hp.prototype_dim, add_on=hp.add_on,
+                       similarity=hp.similarity, mean=built.mean, std=built.std)
+
+    cache = _decode_within_budget(source, image_size, hp, log)
+    dataset = ImageDataset(source, image_size, y=y_enc, cache=cache)
+    train_idx = np.arange(len(source))
+    valid_dataset = None
+    if hp.validation_fraction is not None:
+        from sklearn.model_selection import train_test_split
+
+        train_idx, valid_idx = train_test_split(
+            train_idx, test_size=hp.validation_fraction, stratify=y_enc, random_state=seed,
         )
-        return self
+        valid_dataset = dataset.subset(valid_idx, transform=None)
+    train_dataset = dataset.subset(train_idx, transform=_augmentation(hp.augment, image_size))
 
-    def infer(self, x, **fit_params):
-        if torch.is_tensor(x):
-            x = x.to(self.device, non_blocking=True)
-            if self.channels_last and x.ndim == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-        if not self.mixed_precision:
-            return super().infer(x, **fit_params)
-        dtype = torch.float16 if self._device_type == "cuda" else torch.bfloat16
-        with torch.autocast(self._device_type, dtype=dtype):
-            logits, min_distances = super().infer(x, **fit_params)
-        return logits.float(), min_distances.float()
-
-    def train_step_single(self, batch, **fit_params):
-        if not self.mixed_precision:
-            return super().train_step_single(batch, **fit_params)
-        self._set_training(True)
-        Xi, yi = unpack_data(batch)
-        y_pred = self.infer(Xi, **fit_params)
-        loss = self.get_loss(y_pred, yi, X=Xi, training=True)
-        self.scaler_.scale(loss).backward()
-        return {"loss": loss, "y_pred": y_pred}
-
-    def train_step(self, batch, **fit_params):
-        """One step; with mixed precision, through the gradient scaler (which
-        skips a step whose gradients overflowed)."""
-        if not self.mixed_precision:
-            return super().train_step(batch, **fit_params)
-        self._zero_grad_optimizer()
-        step = self.train_step_single(batch, **fit_params)
-        self.notify("on_grad_computed",
-                    named_parameters=TeeGenerator(self.get_all_learnable_params()),
-                    batch=batch, training=True)
-        for name in self._optimizers:
-            self.scaler_.step(getattr(self, name + "_"))
-        self.scaler_.update()
-        return step
-
-    def get_loss(self, y_pred, y_true, X=None, training=False):
-        logits, min_distances = y_pred
-        y_true = torch.as_tensor(y_true, device=logits.device).long()
-        ce = super().get_loss(logits, y_true, X=X, training=training)
-        module = self.module_
-        cluster, separation = prototype_losses(min_distances, y_true, module.prototype_class)
-        l1 = off_class_l1(module)
-        loss = ce + self.cluster_coef * cluster - self.separation_coef * separation
-        loss = loss + self.l1_coef * l1
-        prefix = "train_" if training else "valid_"
-        acc = (logits.argmax(dim=1) == y_true).float().mean()
-        for name, value in zip(_BATCH_METRICS, (ce, cluster, separation, l1, acc)):
-            self.history.record_batch(prefix + name, value.item())
-        return loss
-
-    def get_all_learnable_params(self):
-        for name, param in super().get_all_learnable_params():
-            if param.requires_grad:
-                yield name, param
+    history: list[dict] = []
+    push = fit_stages(module, dataset, train_dataset, valid_dataset, y_enc, hp, device, log,
+                      history, checkpoint=checkpoint)
+    module.set_trainable(backbone=False, add_on=False, prototypes=False)
+    module.cpu().eval()
+    parts = prototype_parts(module, source, push.source_index, geometry, image_size,
+                            hp.box_percentile, hp.batch_size, cache=cache)
+    log(f"[done] fit in {time.perf_counter() - t_start:.1f}s")
+    return parts | {
+        "classes_": classes,
+        "module_": module,
+        "prototype_source_index_": push.source_index.copy(),
+        "prototype_location_": push.location.copy(),
+        "history_": history,
+        "image_size_": image_size,
+        "feature_map_shape_": (h, w),
+        "cell_geometry_": geometry,
+    }
 
 
-class StepDecay(Callback):
-    """Per-group learning rate ``base_lr * gamma ** (stage_epoch // step)``.
-
-    The position in the schedule is ``stage_epoch``, set by the stage runner,
-    so the schedule does not depend on how epochs are grouped into calls.
-    """
-
-    def __init__(self, step: int, gamma: float):
-        self.step = step
-        self.gamma = gamma
-        self.stage_epoch = 0
-        self.decay = False
-
-    def on_epoch_begin(self, net, **kwargs):
-        factor = self.gamma ** (self.stage_epoch // self.step) if self.decay else 1.0
-        for group in net.optimizer_.param_groups:
-            group["lr"] = group["base_lr"] * factor
+def _decode_within_budget(source, image_size, hp, log):
+    """The decoded images as one uint8 tensor, or None to stream them."""
+    n = len(source)
+    decoded_bytes = n * 3 * image_size[0] * image_size[1]
+    if decoded_bytes > hp.memory_budget:
+        log(f"[data] {decoded_bytes / 2**20:.0f} MiB of decoded images exceed "
+            "memory_budget; streaming from files")
+        return None
+    t0 = time.perf_counter()
+    cache = decode_all(source, image_size, hp.num_workers)
+    log(f"[data] decoded {n} images to {image_size[0]}x{image_size[1]} "
+        f"({decoded_bytes / 2**20:.0f} MiB) in {time.perf_counter() - t0:.1f}s")
+    return cache
 
 
-@dataclass
-class TrainingConfig:
-    warm_epochs: int
-    joint_epochs: int
-    push_start: int
-    push_interval: int
-    batch_size: int
-    lr_backbone: float
-    lr_add_on: float
-    lr_prototypes: float
-    weight_decay_add_on: float
-    joint_lr_step: int
-    joint_lr_gamma: float
-    cluster_coef: float
-    separation_coef: float
-    last_layer_l1: float
-    last_layer_l2: float
-    last_layer_tol: float
-    last_layer_max_iter: int
-    num_workers: int
-    verbose: int
-    prototype_init: str = "uniform"
-    mixed_precision: bool = False
-    history: list = field(default_factory=list)
+def _augmentation(augment, image_size):
+    """The SGD stages' transform of the ``augment`` parameter."""
+    if augment is True:
+        return make_augmentation(image_size)
+    return augment if callable(augment) else None
 
 
+# ----------------------------------------------------------------------------
+# the staged loop
+# ----------------------------------------------------------------------------
 def push_epochs(warm_epochs: int, joint_epochs: int, start: int, interval: int) -> list[int]:
     """Epochs (1-based, counting warm-up) after which a push cycle runs.
 
@@ -187,78 +187,6 @@ def push_epochs(warm_epochs: int, joint_epochs: int, start: int, interval: int) 
     total = warm_epochs + joint_epochs
     scheduled = range(start, total, interval) if interval > 0 else []
     return [e for e in scheduled if e > 0] + [total]
-
-
-def fit_stages(module, dataset, train_dataset, valid_dataset, y_enc, config, device, log,
-               checkpoint=None):
-    """Train ``module`` in place; return the push result of the final push.
-
-    With a :class:`~._checkpoint.Checkpoint`, the training state is saved
-    after every step (see :func:`training_steps`), and a checkpoint holding a
-    state resumes after its last completed step.
-    """
-    decay = StepDecay(config.joint_lr_step, config.joint_lr_gamma)
-    callbacks = [("step_decay", decay)]
-    for prefix, on_train in (("train_", True), ("valid_", False)):
-        if on_train or valid_dataset is not None:
-            callbacks += [
-                (prefix + m, PassthroughScoring(name=prefix + m, on_train=on_train))
-                for m in _BATCH_METRICS
-            ]
-    cuda = torch.device(device).type == "cuda"
-    net = ProtoPNetNet(
-        module,
-        criterion=torch.nn.CrossEntropyLoss,
-        optimizer=torch.optim.Adam,
-        optimizer__param_groups=[
-            ("backbone.*", {"lr": config.lr_backbone, "base_lr": config.lr_backbone}),
-            (
-                "add_on.*",
-                {
-                    "lr": config.lr_add_on,
-                    "base_lr": config.lr_add_on,
-                    "weight_decay": config.weight_decay_add_on,
-                },
-            ),
-            ("prototypes", {"lr": config.lr_prototypes, "base_lr": config.lr_prototypes}),
-        ],
-        lr=config.lr_add_on,
-        batch_size=config.batch_size,
-        max_epochs=1,
-        train_split=None if valid_dataset is None else predefined_split(valid_dataset),
-        iterator_train__shuffle=True,
-        # a last batch of one image cannot be batch-normalised where the
-        # feature map is 1 x 1 (a ResNet at <= 47 px); dropping it leaves out
-        # one random image per epoch
-        iterator_train__drop_last=len(train_dataset) % config.batch_size == 1,
-        iterator_train__num_workers=config.num_workers,
-        iterator_train__pin_memory=cuda,
-        iterator_valid__num_workers=config.num_workers,
-        iterator_valid__pin_memory=cuda,
-        callbacks=callbacks,
-        callbacks__print_log=None,
-        device=device,
-        cluster_coef=config.cluster_coef,
-        separation_coef=config.separation_coef,
-        l1_coef=config.last_layer_l1,
-        mixed_precision=config.mixed_precision,
-        channels_last=cuda,
-        verbose=0,
-    )
-    pushes = set(push_epochs(config.warm_epochs, config.joint_epochs,
-                             config.push_start, config.push_interval))
-    steps = training_steps(config.warm_epochs + config.joint_epochs, pushes)
-    net.initialize()
-    loop = _Loop(module, net, decay)
-    first = 0
-    if checkpoint is not None and checkpoint.state is not None:
-        first = loop.restore(checkpoint.state, config, log)
-    for index in range(first, len(steps)):
-        epoch, kind = steps[index]
-        loop.run(kind, epoch, dataset, train_dataset, y_enc, config, device, log)
-        if checkpoint is not None:
-            checkpoint.save(loop.state(index, config))
-    return loop.result
 
 
 def training_steps(total: int, pushes: set) -> list[tuple[int, str]]:
@@ -278,6 +206,77 @@ def training_steps(total: int, pushes: set) -> list[tuple[int, str]]:
     return steps
 
 
+def _make_net(module, train_dataset, valid_dataset, hp, device, decay) -> ProtoPNetNet:
+    callbacks = [("step_decay", decay)]
+    for prefix, on_train in (("train_", True), ("valid_", False)):
+        if on_train or valid_dataset is not None:
+            callbacks += [
+                (prefix + m, PassthroughScoring(name=prefix + m, on_train=on_train))
+                for m in BATCH_METRICS
+            ]
+    cuda = torch.device(device).type == "cuda"
+    return ProtoPNetNet(
+        module,
+        criterion=torch.nn.CrossEntropyLoss,
+        optimizer=torch.optim.Adam,
+        optimizer__param_groups=[
+            ("backbone.*", {"lr": hp.lr_backbone, "base_lr": hp.lr_backbone}),
+            ("add_on.*", {"lr": hp.lr_add_on, "base_lr": hp.lr_add_on,
+                          "weight_decay": hp.weight_decay_add_on}),
+            ("prototypes", {"lr": hp.lr_prototypes, "base_lr": hp.lr_prototypes}),
+        ],
+        lr=hp.lr_add_on,
+        batch_size=hp.batch_size,
+        max_epochs=1,
+        train_split=None if valid_dataset is None else predefined_split(valid_dataset),
+        iterator_train__shuffle=True,
+        # a last batch of one image cannot be batch-normalised where the
+        # feature map is 1 x 1 (a ResNet at <= 32 px); dropping it leaves out
+        # one random image per epoch
+        iterator_train__drop_last=len(train_dataset) % hp.batch_size == 1,
+        iterator_train__num_workers=hp.num_workers,
+        iterator_train__pin_memory=cuda,
+        iterator_valid__num_workers=hp.num_workers,
+        iterator_valid__pin_memory=cuda,
+        callbacks=callbacks,
+        callbacks__print_log=None,
+        device=device,
+        cluster_coef=hp.cluster_coef,
+        separation_coef=hp.separation_coef,
+        l1_coef=hp.last_layer_l1,
+        mixed_precision=hp.mixed_precision,
+        channels_last=cuda,
+        verbose=0,
+    )
+
+
+def fit_stages(module, dataset, train_dataset, valid_dataset, y_enc, hp, device, log,
+               history: list, checkpoint=None) -> PushResult:
+    """Train ``module`` in place; return the push result of the final push.
+
+    Records of every step are appended to ``history``. With a
+    :class:`~._checkpoint.Checkpoint`, the training state is saved after
+    every step (see :func:`training_steps`), and a checkpoint holding a
+    state resumes after its last completed step.
+    """
+    decay = StepDecay(hp.joint_lr_step, hp.joint_lr_gamma)
+    net = _make_net(module, train_dataset, valid_dataset, hp, device, decay)
+    pushes = set(push_epochs(hp.warm_epochs, hp.joint_epochs, hp.push_start,
+                             hp.push_interval))
+    steps = training_steps(hp.warm_epochs + hp.joint_epochs, pushes)
+    net.initialize()
+    loop = _Loop(module, net, decay, hp, device, log, history)
+    first = 0
+    if checkpoint is not None and checkpoint.state is not None:
+        first = loop.restore(checkpoint.state)
+    for index in range(first, len(steps)):
+        epoch, kind = steps[index]
+        loop.run(kind, epoch, dataset, train_dataset, y_enc)
+        if checkpoint is not None:
+            checkpoint.save(loop.state(index))
+    return loop.result
+
+
 class _Loop:
     """The mutable state of the staged loop, and its checkpoint image.
 
@@ -286,10 +285,14 @@ class _Loop:
     current stage, the last push result, the history and the RNG states.
     """
 
-    def __init__(self, module, net, decay):
+    def __init__(self, module, net, decay, hp, device, log, history):
         self.module = module
         self.net = net
         self.decay = decay
+        self.hp = hp
+        self.device = device
+        self.log = log
+        self.history = history
         self.stage = None
         self.stage_start = 0
         self.result = None
@@ -302,34 +305,83 @@ class _Loop:
         self.net.initialize_optimizer()  # a fresh Adam per stage, as in the reference
         self.decay.decay = joint
 
-    def run(self, kind, epoch, dataset, train_dataset, y_enc, config, device, log):
-        module = self.module
+    def run(self, kind, epoch, dataset, train_dataset, y_enc) -> None:
+        hp, module = self.hp, self.module
         if kind == "init":
-            calibrate_batchnorm(module, dataset, config, device, log)
-            if config.prototype_init == "patches":
-                push_prototypes(module, dataset, y_enc, config.batch_size, device,
-                                config.num_workers)
-            elif config.prototype_init == "discriminative":
-                discriminative_patches(module, dataset, y_enc, config.batch_size, device,
-                                       config.num_workers)
+            t0 = time.perf_counter()
+            layers = calibrate_batchnorm(module, dataset, hp.batch_size, self.device,
+                                         hp.num_workers)
+            if layers:
+                dur = time.perf_counter() - t0
+                self.history.append({"stage": "batchnorm_calibration", "epoch": 0,
+                                     "layers": layers, "dur": dur})
+                self.log(f"[batchnorm] {layers} untrained BatchNorm layers calibrated on "
+                         f"the training images in {dur:.1f}s")
+            initialise_prototypes(hp.prototype_init, module, dataset, y_enc, hp.batch_size,
+                                  self.device, hp.num_workers)
         elif kind == "sgd":
-            stage = "warm" if epoch <= config.warm_epochs else "joint"
+            stage = "warm" if epoch <= hp.warm_epochs else "joint"
             if stage != self.stage:
                 self._enter_stage(stage, epoch)
             self.decay.stage_epoch = epoch - self.stage_start
             self.net.partial_fit(train_dataset, y=None)
             record = {k: v for k, v in self.net.history[-1].items() if k != "batches"}
             record.update(stage=stage, epoch=epoch)
-            config.history.append(record)
-            log(_format_epoch(record, config.warm_epochs + config.joint_epochs))
+            self.history.append(record)
+            self.log(_format_epoch(record, hp.warm_epochs + hp.joint_epochs))
         elif kind == "push":
-            self.result = push_step(module, dataset, y_enc, config, device, log, epoch)
+            self.result = self._push(dataset, y_enc, epoch)
         elif kind == "last_layer":
-            fit_last_layer(module, dataset, y_enc, config, device, log, epoch)
+            self._last_layer(dataset, y_enc, epoch)
         else:  # pragma: no cover - the step list is built above
             raise ValueError(f"unknown training step {kind!r}")
 
-    def state(self, index: int, config) -> dict:
+    def _push(self, dataset, y_enc, epoch) -> PushResult:
+        """Project the prototypes and record it in the history."""
+        hp = self.hp
+        t0 = time.perf_counter()
+        result = push_prototypes(self.module, dataset, y_enc, hp.batch_size, self.device,
+                                 hp.num_workers)
+        dur = time.perf_counter() - t0
+        moved = float(result.distance.mean())
+        self.history.append({"stage": "push", "epoch": epoch, "dur": dur,
+                             "mean_push_distance": moved})
+        self.log(f"[push after epoch {epoch}] {self.module.n_prototypes} prototypes "
+                 f"projected (mean squared distance moved {moved:.4f}) in {dur:.1f}s")
+        return result
+
+    def _last_layer(self, dataset, y_enc, epoch):
+        """Solve the last layer to optimality on similarities computed once."""
+        hp, module = self.hp, self.module
+        t0 = time.perf_counter()
+        _, S = similarities(module, dataset, hp.batch_size, self.device, hp.num_workers)
+        t1 = time.perf_counter()
+        own = module.own_class_mask().cpu().numpy()
+        W0 = module.last_layer.weight.detach().cpu().double().numpy()
+        sol = solve_last_layer(S, y_enc, own, hp.last_layer_l1, hp.last_layer_l2, W0,
+                               tol=hp.last_layer_tol, max_iter=hp.last_layer_max_iter)
+        with torch.no_grad():
+            module.last_layer.weight.copy_(torch.from_numpy(sol.weight))
+        t2 = time.perf_counter()
+        train_acc = float((np.argmax(S @ sol.weight.T, axis=1) == y_enc).mean())
+        self.history.append(
+            {"stage": "last_layer", "epoch": epoch, "dur": t2 - t0, "features_dur": t1 - t0,
+             "objective": sol.objective, "kkt_residual": sol.kkt_residual,
+             "iterations": sol.iterations, "converged": sol.converged,
+             "train_acc": train_acc})
+        self.log(f"[last layer after epoch {epoch}] objective {sol.objective:.5f}, KKT "
+                 f"residual {sol.kkt_residual:.1e} after {sol.iterations} iterations, train "
+                 f"acc {train_acc:.3f} (features {t1 - t0:.1f}s, solve {t2 - t1:.1f}s)")
+        if not sol.converged:
+            from sklearn.exceptions import ConvergenceWarning
+
+            warnings.warn(
+                f"the last layer did not reach KKT residual {hp.last_layer_tol:g} in "
+                f"{sol.iterations} iterations (residual {sol.kkt_residual:.2e}); raise "
+                "last_layer_max_iter or last_layer_l2", ConvergenceWarning, stacklevel=2,
+            )
+
+    def state(self, index: int) -> dict:
         """What a resumed fit needs to continue after step ``index``."""
         result = self.result
         return {
@@ -345,11 +397,11 @@ class _Loop:
                 "location": torch.from_numpy(result.location),
                 "distance": torch.from_numpy(result.distance),
             },
-            "history": json.dumps(_plain(config.history)),
+            "history": json.dumps(_plain(self.history)),
             "rng": get_rng_states(),
         }
 
-    def restore(self, state: dict, config, log) -> int:
+    def restore(self, state: dict) -> int:
         """Load a checkpointed state; return the index of the next step."""
         self.module.load_state_dict(state["module"])
         if state["stage"] is not None:
@@ -359,12 +411,12 @@ class _Loop:
             self.result = PushResult(state["push"]["source_index"].numpy().copy(),
                                      state["push"]["location"].numpy().copy(),
                                      state["push"]["distance"].numpy().copy())
-        config.history[:] = json.loads(state["history"])
+        self.history[:] = json.loads(state["history"])
         step = int(state["step"])
-        last_epoch = max([r["epoch"] for r in config.history if r.get("stage") in
+        last_epoch = max([r["epoch"] for r in self.history if r.get("stage") in
                           ("warm", "joint")], default=0)
-        config.history.append({"stage": "resume", "epoch": last_epoch, "step": step})
-        log(f"[resume] from the checkpoint after step {step} (epoch {last_epoch})")
+        self.history.append({"stage": "resume", "epoch": last_epoch, "step": step})
+        self.log(f"[resume] from the checkpoint after step {step} (epoch {last_epoch})")
         set_rng_states(state["rng"])  # last: nothing above may draw random numbers after
         return step + 1
 
@@ -382,116 +434,15 @@ def _plain(value):
     return value
 
 
-def _uncalibrated_batchnorms(module: torch.nn.Module) -> list:
-    """BatchNorm layers whose running statistics are still at their initial
-    values (mean 0, variance 1): they have never seen data."""
-    found = []
-    for layer in module.modules():
-        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm) and layer.track_running_stats:
-            if torch.all(layer.running_mean == 0) and torch.all(layer.running_var == 1):
-                found.append(layer)
-    return found
-
-
-@torch.no_grad()
-def calibrate_batchnorm(module, dataset, config, device, log) -> None:
-    """Give never-trained BatchNorm layers of the backbone real statistics.
-
-    A randomly initialised backbone is frozen, in eval mode, during warm-up;
-    its BatchNorm layers would normalise with mean 0 and variance 1, and the
-    switch to batch statistics at the start of the joint stage would change
-    every feature at once. One pass over the training images (no gradient, no
-    augmentation) with a cumulative average gives them the data's statistics
-    first. Layers that already hold statistics (pretrained weights) are left
-    alone.
-    """
-    layers = _uncalibrated_batchnorms(module.backbone)
-    if not layers:
-        return
-    t0 = time.perf_counter()
-    momenta = [layer.momentum for layer in layers]
-    for layer in layers:
-        layer.reset_running_stats()
-        layer.momentum = None  # cumulative average over the pass
-    module.eval()
-    for layer in layers:
-        layer.train()
-    try:
-        for start, images, _ in iterate_batches(dataset, config.batch_size, device,
-                                                config.num_workers):
-            if len(images) == 1 and start > 0:
-                break  # a last batch of one image cannot be batch-normalised on 1 x 1 maps
-            module.backbone(module.normalise(images))
-    finally:
-        for layer, momentum in zip(layers, momenta):
-            layer.momentum = momentum
-        module.eval()
-    dur = time.perf_counter() - t0
-    config.history.append({"stage": "batchnorm_calibration", "epoch": 0,
-                           "layers": len(layers), "dur": dur})
-    log(f"[batchnorm] {len(layers)} untrained BatchNorm layers calibrated on the "
-        f"training images in {dur:.1f}s")
-
-
-def push_step(module, dataset, y_enc, config, device, log, epoch):
-    """Project the prototypes and record it in the history."""
-    t0 = time.perf_counter()
-    result = push_prototypes(module, dataset, y_enc, config.batch_size, device,
-                             config.num_workers)
-    t1 = time.perf_counter()
-    config.history.append(
-        {"stage": "push", "epoch": epoch, "dur": t1 - t0,
-         "mean_push_distance": float(result.distance.mean())}
-    )
-    log(f"[push after epoch {epoch}] {module.n_prototypes} prototypes projected "
-        f"(mean squared distance moved {result.distance.mean():.4f}) in {t1 - t0:.1f}s")
-    return result
-
-
-def fit_last_layer(module, dataset, y_enc, config, device, log, epoch):
-    """Solve the last layer to optimality on similarities computed once."""
-    t0 = time.perf_counter()
-    _, S = similarities(module, dataset, config.batch_size, device, config.num_workers)
-    t1 = time.perf_counter()
-    own = module.own_class_mask().cpu().numpy()
-    W0 = module.last_layer.weight.detach().cpu().double().numpy()
-    sol = solve_last_layer(
-        S, y_enc, own, config.last_layer_l1, config.last_layer_l2, W0,
-        tol=config.last_layer_tol, max_iter=config.last_layer_max_iter,
-    )
-    with torch.no_grad():
-        module.last_layer.weight.copy_(torch.from_numpy(sol.weight))
-    t2 = time.perf_counter()
-    train_acc = float((np.argmax(S @ sol.weight.T, axis=1) == y_enc).mean())
-    config.history.append(
-        {"stage": "last_layer", "epoch": epoch, "dur": t2 - t0, "features_dur": t1 - t0,
-         "objective": sol.objective, "kkt_residual": sol.kkt_residual,
-         "iterations": sol.iterations, "converged": sol.converged, "train_acc": train_acc}
-    )
-    log(f"[last layer after epoch {epoch}] objective {sol.objective:.5f}, KKT residual "
-        f"{sol.kkt_residual:.1e} after {sol.iterations} iterations, train acc {train_acc:.3f} "
-        f"(features {t1 - t0:.1f}s, solve {t2 - t1:.1f}s)")
-    if not sol.converged:
-        import warnings
-
-        from sklearn.exceptions import ConvergenceWarning
-
-        warnings.warn(
-            f"the last layer did not reach KKT residual {config.last_layer_tol:g} in "
-            f"{sol.iterations} iterations (residual {sol.kkt_residual:.2e}); raise "
-            "last_layer_max_iter or last_layer_l2",
-            ConvergenceWarning,
-            stacklevel=2,
-        )
-    return sol
-
-
 def _format_epoch(record, total) -> str:
     parts = [f"[{record['stage']} epoch {record['epoch']}/{total}]"]
     for key in ("train_loss", "train_ce", "train_cluster", "train_separation", "train_acc",
                 "valid_acc"):
         if key in record:
-            parts.append(f"{key.removeprefix('train_')}={record[key]:.4f}"
-                         if key != "valid_acc" else f"valid_acc={record[key]:.4f}")
+            parts.append(f"{key.removeprefix('train_')}={record[key]:.4f}")
     parts.append(f"{record.get('dur', 0.0):.1f}s")
     return " ".join(parts)
+
+
+__all__ = ["draw_seed", "fit_stages", "push_epochs", "resolve_auto", "train",
+           "training_steps"]

@@ -104,9 +104,9 @@ def fitted(bar_files):
 def forbid_training(monkeypatch):
     """Make any start of the training stages fail the test: for checks that
     must reject input before training."""
-    from sklearn_protopnet import _classifier
+    from sklearn_protopnet import _training
 
     def fail(*args, **kwargs):
         raise AssertionError("training started before the problem was detected")
 
-    monkeypatch.setattr(_classifier, "fit_stages", fail)
+    monkeypatch.setattr(_training, "fit_stages", fail)

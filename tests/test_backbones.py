@@ -66,7 +66,7 @@ def test_representative_of_each_family_fits_and_boxes_lie_inside(name, small_ima
     ).fit(X, y)
     assert clf.predict_proba(X).shape == (len(X), 2)
     g = clf.cell_geometry_
-    assert g.method == "probed" and g.map_size == clf.feature_map_shape_
+    assert g.method == "probed" and g.feature_map_shape == clf.feature_map_shape_
     assert g.stride == (32.0, 32.0)
     # each prototype's box on its source image, in that image's pixels (and
     # at another original size), lies inside the image
@@ -184,13 +184,15 @@ def test_mixed_precision_sgd_keeps_float32_push_and_exact_logits(bar_data):
     """The autocast path of the SGD stages, run on the CPU in bfloat16 through the
     internal fit (the public fit refuses mixed precision off CUDA)."""
     from sklearn_protopnet._images import check_images
+    from sklearn_protopnet._params import Hyperparameters
+    from sklearn_protopnet._training import train
 
     X, y = bar_data
     dtypes = []
     clf = tiny_classifier(mixed_precision=True, device="cpu", joint_epochs=1)
     clf.backbone.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
-    state = clf._fit(check_images(X), y.astype(np.int64), np.array([0, 1]), (16, 16),
-                     torch.device("cpu"), 0, lambda *a, **k: None)
+    state = train(Hyperparameters.of(clf), check_images(X), y.astype(np.int64),
+                  np.array([0, 1]), torch.device("cpu"))
     clf.__dict__.update(state)
     assert torch.bfloat16 in dtypes and torch.float32 in dtypes
     assert all(np.isfinite(r["train_loss"]) for r in clf.history_ if "train_loss" in r)

@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from sklearn_protopnet import _checkpoint
-from sklearn_protopnet import _classifier as classifier_module
+from sklearn_protopnet import _checkpoint, _training
 from sklearn_protopnet._checkpoint import CHECKPOINT_NAME, Checkpoint, training_identity
 from sklearn_protopnet._images import check_images
-from sklearn_protopnet._training import ProtoPNetNet
+from sklearn_protopnet._sgd import ProtoPNetNet
 
 from .conftest import make_bar_images, tiny_classifier
 
@@ -101,7 +100,7 @@ def test_checkpoint_of_other_parameters_or_data_is_refused(bar_data, tmp_path, m
     def fail(*args, **kwargs):
         raise AssertionError("training started with a foreign checkpoint")
 
-    monkeypatch.setattr(classifier_module, "fit_stages", fail)
+    monkeypatch.setattr(_training, "fit_stages", fail)
     with pytest.raises(ValueError, match=r"other parameters.*joint_epochs: checkpoint 3, now 4"):
         tiny_classifier(checkpoint_dir=tmp_path, **{**SETTINGS, "joint_epochs": 4}).fit(
             images, labels)

@@ -266,12 +266,12 @@ def test_validation_fraction_records_validation_metrics(bar_data):
 ])
 def test_an_impossible_validation_split_is_refused_before_decoding(bar_data, monkeypatch,
                                                                    fraction, n, match):
-    from sklearn_protopnet import _classifier
+    from sklearn_protopnet import _training
 
     def fail(*args, **kwargs):
         raise AssertionError("images were decoded before the problem was detected")
 
-    monkeypatch.setattr(_classifier, "decode_all", fail)
+    monkeypatch.setattr(_training, "decode_all", fail)
     images, labels = bar_data
     idx = np.r_[np.flatnonzero(labels == 0)[:n - n // 2], np.flatnonzero(labels == 1)[:n // 2]]
     with pytest.raises(ValueError, match=match):
@@ -295,7 +295,7 @@ def test_accuracy_on_digit_files(tmp_path):
 
 
 def test_untrained_batchnorm_is_calibrated_and_trained_batchnorm_left_alone(bar_data):
-    from sklearn_protopnet._training import _uncalibrated_batchnorms
+    from sklearn_protopnet._init import _uncalibrated_batchnorms
     from sklearn_protopnet.backbones import SmallCNN
 
     images, labels = bar_data

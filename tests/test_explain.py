@@ -89,7 +89,7 @@ def test_top_k_and_class_options(fitted, new_images):
 def test_boxes_are_in_original_pixels(fitted, new_images):
     """The model sees 16x16; boxes and maps are on the 50x30 image the user sees."""
     for e in fitted.explain(new_images, top_k=None):
-        assert e.image_size == (50, 30)
+        assert e.original_size == (50, 30)
         for item in e.evidence:
             x0, y0, x1, y1 = item.box
             assert 0 <= x0 < x1 <= 50 and 0 <= y0 < y1 <= 30
@@ -108,7 +108,7 @@ def test_boxes_follow_exif_orientation(fitted, tmp_path):
     path = str(tmp_path / "rotated.jpg")
     img.save(path, exif=exif)
     (e,) = fitted.explain([path], top_k=None)
-    assert e.image_size == (20, 40)
+    assert e.original_size == (20, 40)
     for item in e.evidence:
         x0, y0, x1, y1 = item.box
         assert 0 <= x0 < x1 <= 20 and 0 <= y0 < y1 <= 40
@@ -152,13 +152,13 @@ def test_prototype_that_data(fitted, bar_files):
     paths, _ = bar_files
     m = fitted.n_prototypes_
     assert fitted.prototype_box_.shape == (m, 4)
-    assert fitted.prototype_source_size_.shape == (m, 2)
+    assert fitted.prototype_original_size_.shape == (m, 2)
     assert len(fitted.prototype_crop_) == len(fitted.prototype_source_thumbnail_) == m
     for j in range(m):
         i = fitted.prototype_source_index_[j]
         assert fitted.prototype_source_path_[j] == paths[i]
         x0, y0, x1, y1 = fitted.prototype_box_[j]
-        w, h = fitted.prototype_source_size_[j]
+        w, h = fitted.prototype_original_size_[j]
         assert (w, h) == (16, 16)
         assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
         crop = fitted.prototype_crop_[j]
@@ -196,7 +196,7 @@ def test_array_input_has_no_source_path(bar_data):
     clf = tiny_classifier(joint_epochs=1).fit(images, labels)
     assert clf.prototype_source_path_ == [None] * clf.n_prototypes_
     (e,) = clf.explain(images[:1], top_k=2)
-    assert e.name == "X[0]" and e.image_size == (16, 16)
+    assert e.name == "X[0]" and e.original_size == (16, 16)
     assert e._repr_png_().startswith(b"\x89PNG")
 
 

@@ -44,7 +44,7 @@ def test_measured_geometry_matches_the_arithmetic(case):
     assert g.offset == pytest.approx(offset, abs=1e-6)
     if rf is not None:
         assert g.receptive_field == rf
-    assert (g.input_size, g.map_size) == (size, (h, w))
+    assert (g.image_size, g.feature_map_shape) == (size, (h, w))
 
 
 def test_geometry_does_not_modify_the_backbone():

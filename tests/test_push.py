@@ -4,8 +4,9 @@ import numpy as np
 import torch
 
 from sklearn_protopnet._images import ImageDataset, ImageSource
+from sklearn_protopnet._init import discriminative_patches
 from sklearn_protopnet._network import ProtoPNet
-from sklearn_protopnet._push import discriminative_patches, push_prototypes
+from sklearn_protopnet._push import push_prototypes
 from sklearn_protopnet.backbones import SmallCNN
 
 from .conftest import make_bar_images
@@ -98,4 +99,4 @@ def test_discriminative_init_picks_real_own_class_patches_on_the_class_motif():
     assert result.source_index[0] != result.source_index[1]
     assert result.source_index[2] != result.source_index[3]
     # the margin (separation minus cluster distance) it maximised is positive
-    assert (result.distance > 0).all()
+    assert (result.margin > 0).all()

@@ -84,7 +84,7 @@ def test_scoring_sheet_png(explanations, tmp_path):
 def test_sheet_draws_the_boxes(explanations):
     """The box drawn on the test image tile is where the evidence box is."""
     e = explanations[0]
-    sheet = np.asarray(scoring_sheet(e, image=Image.new("RGB", e.image_size, (0, 0, 0))))
+    sheet = np.asarray(scoring_sheet(e, image=Image.new("RGB", e.original_size, (0, 0, 0))))
     box_colour = np.array([0, 200, 255])
     assert (np.abs(sheet.astype(int) - box_colour).sum(axis=2) < 10).sum() > 50
 
@@ -97,7 +97,8 @@ def test_prototype_box_on_a_long_thin_source_is_drawn_where_it_is():
     source = Image.new("RGB", (15, 1000))
     parts = SimpleNamespace(crop=[np.zeros((8, 8, 3), np.uint8)],
                             thumbnail=[np.asarray(_shrunk(source, 160))],
-                            box=np.array([[0, 800, 15, 1000]]), source_size=np.array([[15, 1000]]))
+                            box=np.array([[0, 800, 15, 1000]]),
+                            original_size=np.array([[15, 1000]]))
     _, tile = that_tiles(parts, 0)
     rows = np.flatnonzero((np.abs(np.asarray(tile).astype(int) - BOX).sum(axis=2) < 10).any(1))
     height = tile.size[1]
@@ -111,14 +112,14 @@ def test_heat_map_is_drawn_at_the_tile_size_where_the_box_is(explanations):
 
     for e in explanations:
         item = e.evidence[0]
-        tile = fit_tile(Image.new("RGB", e.image_size, (128, 128, 128)))
-        drawn = np.asarray(this_tile(tile, e.image_size, item)).astype(int)
+        tile = fit_tile(Image.new("RGB", e.original_size, (128, 128, 128)))
+        drawn = np.asarray(this_tile(tile, e.original_size, item)).astype(int)
         heat = upsample_map(item.similarity_map, item.geometry, (tile.size[1], tile.size[0]))
         expected = np.asarray(overlay(tile, heat)).astype(int)
         outline = np.abs(drawn - BOX).sum(axis=2) < 10
         assert outline.any()
         np.testing.assert_array_equal(drawn[~outline], expected[~outline])
-        sx, sy = tile.size[0] / e.image_size[0], tile.size[1] / e.image_size[1]
+        sx, sy = tile.size[0] / e.original_size[0], tile.size[1] / e.original_size[1]
         x0, y0, x1, y1 = item.box
         r, c = np.unravel_index(np.argmax(heat), heat.shape)
         assert x0 * sx - 1 <= c + 0.5 <= x1 * sx + 1 and y0 * sy - 1 <= r + 0.5 <= y1 * sy + 1

@@ -1,0 +1,109 @@
+"""Batches and forward passes over a data set, and the choice of device.
+
+Every pass of the package over images goes through here: decoding into the
+cache (:func:`._images.decode_all`), the BatchNorm calibration, the
+initialisation, the push, the last layer's features, and inference
+(``transform``, ``decision_function``, ``explain``, ``prune``). All run in
+eval mode on deterministic preprocessing (no augmentation), in order.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+
+def resolve_device(device, cpu_fallback: bool = False) -> torch.device:
+    """The torch device of the ``device`` parameter.
+
+    A CUDA device on a machine without CUDA is an error for training; with
+    ``cpu_fallback`` (inference: a model fitted on a GPU, loaded elsewhere)
+    it warns and gives the CPU, where the outputs are the same.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device={device!r} is not a torch device: {exc}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        if cpu_fallback:
+            warnings.warn(
+                f"device={str(device)!r}, but CUDA is not available here; running on the "
+                "CPU (set_params(device='cpu') silences this)", UserWarning, stacklevel=4,
+            )
+            return torch.device("cpu")
+        raise ValueError(f"device={str(device)!r} was asked for, but CUDA is not available")
+    return device
+
+
+def iterate_batches(dataset, batch_size: int, device, num_workers: int = 0,
+                    generator: torch.Generator | None = None):
+    """Yield ``(start, images on device, labels)`` over ``dataset`` in order.
+
+    On CUDA, batches come from pinned memory, are copied without blocking
+    (the copy overlaps the previous batch's compute) and are laid out
+    channels-last, the layout cuDNN convolutions are fastest on.
+
+    The data loader draws a seed for its workers on every pass, from
+    ``generator`` when given, else from the global torch RNG (the passes
+    inside ``fit``, whose seeded stream includes those draws).
+    """
+    cuda = torch.device(device).type == "cuda"
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=cuda,
+        generator=generator,
+    )
+    start = 0
+    for images, labels in loader:
+        images = images.to(device, non_blocking=True)
+        if cuda:
+            images = images.contiguous(memory_format=torch.channels_last)
+        yield start, images, labels
+        start += len(images)
+
+
+@torch.no_grad()
+def forward_batches(module, dataset, batch_size: int, device, num_workers=0,
+                    generator: torch.Generator | None = None):
+    """Yield ``(start, logits, similarities, distance_map)`` per batch, in eval mode.
+
+    The one inference pass: ``transform``, ``decision_function`` and the
+    explanations all read these tensors, so they cannot drift apart. The
+    logits are the float64 product of the similarities and the last layer's
+    weights, so that they equal ``transform @ coef_.T`` and the sum of the
+    contributions to float64 rounding (the float32 layer would differ from
+    both by float32 rounding).
+    """
+    module.eval()
+    weight = module.last_layer.weight.detach().double()
+    for start, images, _ in iterate_batches(dataset, batch_size, device, num_workers,
+                                            generator):
+        d = module.distance_map(module.latent(images))
+        s, _ = module.pool(d)
+        yield start, s.double() @ weight.T, s, d
+
+
+def gather_outputs(batches):
+    """(logits, similarities) as float64 numpy arrays, in order, from the
+    batches of :func:`forward_batches`."""
+    logits, sims = [], []
+    for _, out, s, _ in batches:
+        logits.append(out.double().cpu().numpy())
+        sims.append(s.double().cpu().numpy())
+    return np.concatenate(logits), np.concatenate(sims)
+
+
+def similarities(module, dataset, batch_size: int, device, num_workers=0):
+    """(logits, similarities) of every image in ``dataset``, float64 numpy, in order."""
+    return gather_outputs(forward_batches(module, dataset, batch_size, device, num_workers))
+
+
+__all__ = ["forward_batches", "gather_outputs", "iterate_batches", "resolve_device",
+           "similarities"]

@@ -1,0 +1,143 @@
+"""The SGD stages on skorch: the net whose loss is the ProtoPNet objective.
+
+:class:`ProtoPNetNet` extends skorch's ``NeuralNet`` through its own hooks:
+``get_loss`` adds the cluster, separation and L1 terms,
+``get_all_learnable_params`` hands the optimiser only the unfrozen parts,
+``infer`` and ``train_step`` add mixed precision and channels-last, and
+:class:`StepDecay` (a callback) sets the joint stage's step-decay schedule.
+One ``partial_fit`` call is one epoch; the staged loop of
+:mod:`._training` decides which parts learn in it.
+"""
+
+from __future__ import annotations
+
+import torch
+from skorch import NeuralNet
+from skorch.callbacks import Callback
+from skorch.dataset import unpack_data
+from skorch.utils import TeeGenerator
+
+from ._network import off_class_l1, prototype_losses
+
+#: Per-batch metrics recorded in the history (``train_*`` and ``valid_*``).
+BATCH_METRICS = ("ce", "cluster", "separation", "l1", "acc")
+
+
+class ProtoPNetNet(NeuralNet):
+    """skorch net whose loss is the ProtoPNet objective.
+
+    ``module`` returns ``(logits, min_distances)``; the loss is
+    ``CE + cluster_coef * Clst - separation_coef * Sep + l1_coef * L1``.
+
+    ``mixed_precision`` runs the forward pass under autocast (float16 with
+    gradient scaling on CUDA; bfloat16 elsewhere, used only by the tests) and
+    hands float32 outputs to the loss. ``channels_last`` stores the module and
+    each batch in channels-last memory format, which cuDNN convolutions run
+    faster on. Batches are copied to the device without blocking.
+    """
+
+    def __init__(self, *args, cluster_coef=0.8, separation_coef=0.08, l1_coef=1e-4,
+                 mixed_precision=False, channels_last=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cluster_coef = cluster_coef
+        self.separation_coef = separation_coef
+        self.l1_coef = l1_coef
+        self.mixed_precision = mixed_precision
+        self.channels_last = channels_last
+
+    @property
+    def _device_type(self) -> str:
+        return torch.device(self.device).type
+
+    def initialize_module(self):
+        super().initialize_module()
+        if self.channels_last:
+            self.module_.to(memory_format=torch.channels_last)
+        return self
+
+    def initialize(self):
+        super().initialize()
+        cuda = self._device_type == "cuda"
+        self.scaler_ = torch.amp.GradScaler(
+            self._device_type, enabled=bool(self.mixed_precision) and cuda
+        )
+        return self
+
+    def infer(self, x, **fit_params):
+        if torch.is_tensor(x):
+            x = x.to(self.device, non_blocking=True)
+            if self.channels_last and x.ndim == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+        if not self.mixed_precision:
+            return super().infer(x, **fit_params)
+        dtype = torch.float16 if self._device_type == "cuda" else torch.bfloat16
+        with torch.autocast(self._device_type, dtype=dtype):
+            logits, min_distances = super().infer(x, **fit_params)
+        return logits.float(), min_distances.float()
+
+    def train_step_single(self, batch, **fit_params):
+        if not self.mixed_precision:
+            return super().train_step_single(batch, **fit_params)
+        self._set_training(True)
+        Xi, yi = unpack_data(batch)
+        y_pred = self.infer(Xi, **fit_params)
+        loss = self.get_loss(y_pred, yi, X=Xi, training=True)
+        self.scaler_.scale(loss).backward()
+        return {"loss": loss, "y_pred": y_pred}
+
+    def train_step(self, batch, **fit_params):
+        """One step; with mixed precision, through the gradient scaler (which
+        skips a step whose gradients overflowed)."""
+        if not self.mixed_precision:
+            return super().train_step(batch, **fit_params)
+        self._zero_grad_optimizer()
+        step = self.train_step_single(batch, **fit_params)
+        self.notify("on_grad_computed",
+                    named_parameters=TeeGenerator(self.get_all_learnable_params()),
+                    batch=batch, training=True)
+        for name in self._optimizers:
+            self.scaler_.step(getattr(self, name + "_"))
+        self.scaler_.update()
+        return step
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        logits, min_distances = y_pred
+        y_true = torch.as_tensor(y_true, device=logits.device).long()
+        ce = super().get_loss(logits, y_true, X=X, training=training)
+        module = self.module_
+        cluster, separation = prototype_losses(min_distances, y_true, module.prototype_class)
+        l1 = off_class_l1(module)
+        loss = ce + self.cluster_coef * cluster - self.separation_coef * separation
+        loss = loss + self.l1_coef * l1
+        prefix = "train_" if training else "valid_"
+        acc = (logits.argmax(dim=1) == y_true).float().mean()
+        for name, value in zip(BATCH_METRICS, (ce, cluster, separation, l1, acc)):
+            self.history.record_batch(prefix + name, value.item())
+        return loss
+
+    def get_all_learnable_params(self):
+        for name, param in super().get_all_learnable_params():
+            if param.requires_grad:
+                yield name, param
+
+
+class StepDecay(Callback):
+    """Per-group learning rate ``base_lr * gamma ** (stage_epoch // step)``.
+
+    The position in the schedule is ``stage_epoch``, set by the stage runner,
+    so the schedule does not depend on how epochs are grouped into calls.
+    """
+
+    def __init__(self, step: int, gamma: float):
+        self.step = step
+        self.gamma = gamma
+        self.stage_epoch = 0
+        self.decay = False
+
+    def on_epoch_begin(self, net, **kwargs):
+        factor = self.gamma ** (self.stage_epoch // self.step) if self.decay else 1.0
+        for group in net.optimizer_.param_groups:
+            group["lr"] = group["base_lr"] * factor
+
+
+__all__ = ["BATCH_METRICS", "ProtoPNetNet", "StepDecay"]
