@@ -106,6 +106,17 @@ class SmallCNN(nn.Module):
         )
 
     def forward(self, x):
+        """The feature map of a batch.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (N, 3, H, W)
+            Normalised images.
+
+        Returns
+        -------
+        torch.Tensor of shape (N, 4 * width, H / 4, W / 4)
+        """
         return self.layers(x)
 
 

@@ -104,19 +104,6 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
     >>> import numpy as np
     >>> from sklearn_protopnet import ProtoPNetClassifier
     >>> from sklearn_protopnet.backbones import SmallCNN
-    >>> rng = np.random.default_rng(0)
-    >>> X = rng.integers(0, 255, size=(20, 16, 16), dtype=np.uint8)
-    >>> y = np.repeat([0, 1], 10)
-    >>> clf = ProtoPNetClassifier(backbone=SmallCNN(), image_size=16, prototypes_per_class=2,
-    ...                           prototype_dim=8, warm_epochs=1, joint_epochs=1,
-    ...                           random_state=0).fit(X, y)
-    >>> clf.predict_proba(X).shape
-    (20, 2)
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from sklearn_protopnet import ProtoPNetClassifier
-    >>> from sklearn_protopnet.backbones import SmallCNN
     >>> X = np.zeros((20, 16, 16), dtype=np.uint8)
     >>> X[:10, 4:6, 2:12] = 255  # ten horizontal bars
     >>> X[10:, 2:12, 4:6] = 255  # ten vertical bars

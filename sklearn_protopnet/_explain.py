@@ -157,7 +157,18 @@ class PrototypeParts:
         )
 
     def source_name(self, j: int) -> str:
-        """Prototype ``j``'s source: its path, or ``X[i] of fit`` for an array."""
+        """The name of a prototype's source image.
+
+        Parameters
+        ----------
+        j : int
+            The prototype.
+
+        Returns
+        -------
+        str
+            Its path, or ``X[i] of fit`` when fit was given an array.
+        """
         path = self.source_path[j]
         return path if path is not None else f"X[{int(self.source_index[j])}] of fit"
 

@@ -54,21 +54,53 @@ class CellGeometry:
     """How an (h, w) feature map sits on an (H, W) input image.
 
     ``centre(i, j) = offset + (i, j) * stride`` in input pixels (pixel
-    centres at integer coordinates); ``receptive_field`` is the extent, in
-    input pixels and clipped to the image, of what the central cell sees.
-    ``method`` is "probed" when measured on the backbone, "tiled" when the
-    even-tiling fallback was used.
+    centres at integer coordinates).
+
+    Attributes
+    ----------
+    image_size : (int, int)
+        (height, width) of the network's input (the resized image).
+    feature_map_shape : (int, int)
+        (height, width) of the latent feature map.
+    stride : (float, float)
+        Input pixels between two neighbouring cells, per axis.
+    offset : (float, float)
+        (row, column) in input pixels of the centre of cell (0, 0).
+    receptive_field : (int, int)
+        Extent, in input pixels and clipped to the image, of what the
+        central cell sees.
+    method : {"probed", "tiled"}
+        "probed" when measured on the backbone, "tiled" when the even-tiling
+        fallback was used.
     """
 
-    image_size: tuple[int, int]  # (height, width) of the network's input
-    feature_map_shape: tuple[int, int]  # (height, width) of the feature map
+    image_size: tuple[int, int]
+    feature_map_shape: tuple[int, int]
     stride: tuple[float, float]
     offset: tuple[float, float]
     receptive_field: tuple[int, int]
     method: str = "probed"
 
     def centre(self, i: float, j: float) -> tuple[float, float]:
-        """(row, column) in input pixels of the centre of cell (i, j)."""
+        """The centre of a cell in input pixels.
+
+        Parameters
+        ----------
+        i, j : float
+            Row and column of the cell (fractions interpolate).
+
+        Returns
+        -------
+        (float, float)
+            (row, column) in pixels of the network's input.
+
+        Examples
+        --------
+        >>> from sklearn_protopnet import CellGeometry
+        >>> g = CellGeometry((32, 32), (8, 8), (4.0, 4.0), (1.5, 1.5), (11, 11))
+        >>> g.centre(2, 3)
+        (9.5, 13.5)
+        """
         return (self.offset[0] + i * self.stride[0], self.offset[1] + j * self.stride[1])
 
 
