@@ -76,10 +76,10 @@ def forward_batches(module, dataset, batch_size: int, device, num_workers=0,
 
     The one inference pass: ``transform``, ``decision_function`` and the
     explanations all read these tensors, so they cannot drift apart. The
-    logits are the float64 product of the similarities and the last layer's
-    weights, so that they equal ``transform @ coef_.T`` and the sum of the
-    contributions to float64 rounding (the float32 layer would differ from
-    both by float32 rounding).
+    distance map and the similarities are float64 (accurate near zero, see
+    :mod:`._network`), and the logits are their float64 product with the
+    last layer's weights, so that they equal ``transform @ coef_.T`` and the
+    sum of the contributions to float64 rounding.
     """
     module.eval()
     weight = module.last_layer.weight.detach().double()

@@ -5,6 +5,28 @@ This module knows nothing of scikit-learn. Data flows one way::
     uint8 image ─▶ normalise ─▶ backbone ─▶ add-on ─▶ z (N, D, h, w)
         ─▶ squared distances to prototypes (N, m, h, w) ─▶ min over space
         ─▶ similarity s (N, m) ─▶ logits = s @ W.T (N, K)
+
+Distances near zero
+-------------------
+The squared distance of a patch z to a prototype p is usually computed as
+``|z|^2 - 2 z.p + |p|^2``: two matrix products, fast, but in float32 it
+loses about ``|z|^2 * 6e-8`` (~1e-5 for 128 sigmoid features) to
+cancellation when z and p are close, and the similarity
+``log((d + 1) / (d + 1e-4))`` has slope ~1e4 there: a last-bit change of the
+convolution (another batch size, CPU or BLAS) would move a similarity by
+~0.05. So the distances are computed where that cannot happen:
+
+- inference (push, the last layer's features, transform, explain, prune):
+  the whole map in float64 (:meth:`ProtoPNet.distance_map`), accurate to
+  ~1e-14 everywhere; a pushed prototype's similarity to its own source patch
+  is ``log(1 / 1e-4)`` up to the backbone's own rounding;
+- training (:meth:`ProtoPNet.forward`): the float32 map only chooses the
+  closest cell (no gradient), and the distance to that cell is computed
+  directly as ``sum((z - p)^2)``, which is accurate near zero and carries
+  the gradient.
+
+Both run outside autocast, in float32 or float64, whatever the precision of
+the backbone.
 """
 
 from __future__ import annotations
@@ -66,6 +88,21 @@ def squared_distances(z: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor
     cross = torch.einsum("ndhw,md->nmhw", z, prototypes)
     p_sq = (prototypes * prototypes).sum(dim=1).view(1, -1, 1, 1)
     return (z_sq - 2.0 * cross + p_sq).clamp_min(0.0)
+
+
+def distances_at(z: torch.Tensor, prototypes: torch.Tensor, cells: torch.Tensor):
+    """Squared distances ``sum((z - p)^2)`` at one cell per (image, prototype).
+
+    ``z`` is (N, D, h, w), ``prototypes`` (m, D) and ``cells`` (N, m) flat
+    indices into the h * w cells; the result is (N, m). Computed from the
+    difference, so it is accurate near zero (no cancellation) and
+    differentiable in ``z`` and ``prototypes``.
+    """
+    n, d, h, w = z.shape
+    flat = z.flatten(2).transpose(1, 2)  # (N, hw, D)
+    picked = torch.gather(flat, 1, cells.unsqueeze(-1).expand(-1, -1, d))  # (N, m, D)
+    diff = picked - prototypes.unsqueeze(0)
+    return (diff * diff).sum(dim=-1)
 
 
 def distance_to_similarity(d: torch.Tensor, kind: str) -> torch.Tensor:
@@ -174,9 +211,14 @@ class ProtoPNet(nn.Module):
         return self.add_on(self.backbone(self.normalise(x)))
 
     def distance_map(self, z: torch.Tensor) -> torch.Tensor:
-        return squared_distances(z, self.prototypes)
+        """Squared distances (N, m, h, w) of every cell to every prototype, in
+        float64 (accurate near zero; see the module docstring), outside
+        autocast. For inference: no pass of the SGD stages uses it."""
+        with torch.autocast(z.device.type, enabled=False):
+            return squared_distances(z.double(), self.prototypes.double())
 
     def similarity(self, d: torch.Tensor) -> torch.Tensor:
+        """Similarities of squared distances, elementwise, in their dtype."""
         return distance_to_similarity(d, self.similarity_kind)
 
     def pool(self, distance_map: torch.Tensor):
@@ -184,14 +226,26 @@ class ProtoPNet(nn.Module):
         min_distances = distance_map.flatten(2).amin(dim=2)
         return self.similarity(min_distances), min_distances
 
-    def head(self, distance_map: torch.Tensor):
-        """Pool a distance map into (logits, similarities, min distances)."""
-        similarities, min_distances = self.pool(distance_map)
-        return self.last_layer(similarities), similarities, min_distances
+    def min_distances(self, z: torch.Tensor) -> torch.Tensor:
+        """Each image's smallest squared distance to each prototype, (N, m), in
+        float32 outside autocast, with its gradient: the closest cell is
+        chosen on the float32 map, the distance to it computed directly."""
+        with torch.autocast(z.device.type, enabled=False):
+            z, p = z.float(), self.prototypes.float()
+            with torch.no_grad():
+                cells = squared_distances(z, p).flatten(2).argmin(dim=2)
+            return distances_at(z, p, cells)
 
     def forward(self, x: torch.Tensor):
-        """Return ``(logits, min_distances)``; logits = similarity @ W.T."""
-        logits, _, min_distances = self.head(self.distance_map(self.latent(x)))
+        """Return ``(logits, min_distances)``; logits = similarity @ W.T.
+
+        The training pass: the latent map may be computed under autocast,
+        the distances, similarities and logits are float32.
+        """
+        z = self.latent(x)
+        with torch.autocast(z.device.type, enabled=False):
+            min_distances = self.min_distances(z)
+            logits = self.last_layer(self.similarity(min_distances))
         return logits, min_distances
 
 
@@ -220,6 +274,7 @@ __all__ = [
     "ProtoPNet",
     "make_add_on",
     "squared_distances",
+    "distances_at",
     "distance_to_similarity",
     "prototype_losses",
     "off_class_l1",

@@ -34,7 +34,7 @@ def push_prototypes(
     module.eval()
     m = module.n_prototypes
     proto_class = module.prototype_class
-    best = torch.full((m,), float("inf"), device=device)
+    best = torch.full((m,), float("inf"), dtype=torch.float64, device=device)
     best_vec = module.prototypes.detach().clone()
     source = np.full(m, -1, dtype=np.int64)
     location = np.zeros((m, 2), dtype=np.int64)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from sklearn_protopnet._network import (
+    SIMILARITY_EPSILON,
     ProtoPNet,
     distance_to_similarity,
     make_add_on,
@@ -61,9 +62,9 @@ def test_add_on_maps_channels_into_unit_interval(style, cin, dim):
     assert (out > 0).all() and (out < 1).all()
 
 
-def _net(n_classes=3, per_class=2):
+def _net(n_classes=3, per_class=2, dim=6):
     proto_class = torch.arange(n_classes).repeat_interleave(per_class)
-    return ProtoPNet(SmallCNN(width=4), 16, proto_class, n_classes, prototype_dim=6)
+    return ProtoPNet(SmallCNN(width=4), 16, proto_class, n_classes, prototype_dim=dim)
 
 
 def test_last_layer_initialisation_and_l1():
@@ -80,8 +81,82 @@ def test_forward_logits_are_similarity_times_weights():
     x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
     logits, min_d = net(x)
     d_map = net.distance_map(net.latent(x))
-    torch.testing.assert_close(min_d, d_map.flatten(2).amin(2))
+    assert min_d.dtype == torch.float32 and d_map.dtype == torch.float64
+    torch.testing.assert_close(min_d, d_map.flatten(2).amin(2).float())
     torch.testing.assert_close(logits, net.similarity(min_d) @ net.last_layer.weight.T)
+
+
+SOURCE_SIMILARITY = float(np.log(1.0 / SIMILARITY_EPSILON))
+
+
+def _near_copies(dim=128, seed=0):
+    """Sigmoid-like features (|z|^2 ~ 40) and prototypes that are copies of
+    some cells, or differ from them in the last float32 bit."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.rand(4, dim, 5, 5, generator=g) * 0.8 + 0.1
+    p = torch.stack([z[0, :, 1, 2], z[3, :, 4, 4], torch.rand(dim, generator=g)])
+    nudged = torch.nextafter(z, torch.full_like(z, 2.0))  # one ulp up, everywhere
+    return z, nudged, p
+
+
+def test_distances_are_accurate_near_zero_where_the_expansion_is_not():
+    z, nudged, p = _near_copies()
+    exact = ((z.double()[:, None] - p.double()[None, :, :, None, None]) ** 2).sum(2)
+    # float32 cancellation: at a copy or a last-bit neighbour of one, the plain
+    # expansion is off by ~|z|^2 * 6e-8, a similarity error of ~0.3
+    errors = [squared_distances(v, p)[[0, 3], [0, 1], [1, 4], [2, 4]].max().item()
+              for v in (z, nudged, torch.nextafter(z, torch.zeros_like(z)))]
+    assert max(errors) > 1e-6
+    net = _net(per_class=1, dim=128)
+    net.prototypes.data = p
+    d64 = net.distance_map(z)
+    torch.testing.assert_close(d64, exact, rtol=0, atol=1e-12)
+    assert d64[0, 0, 1, 2] == 0 and d64[3, 1, 4, 4] == 0
+    # the training pass: the distance to the closest cell, computed directly
+    min_d = net.min_distances(z)
+    assert min_d[0, 0] == 0 and min_d[3, 1] == 0
+    torch.testing.assert_close(min_d.double(), exact.flatten(2).amin(2), rtol=1e-5, atol=1e-9)
+    # a last-bit change of the features leaves the similarity of a copy at log(1/1e-4)
+    for d in (net.pool(net.distance_map(nudged))[1], net.min_distances(nudged)):
+        sim = net.similarity(d)
+        assert abs(sim[0, 0].item() - SOURCE_SIMILARITY) < 1e-4
+        assert abs(sim[3, 1].item() - SOURCE_SIMILARITY) < 1e-4
+
+
+def test_the_gradient_of_the_closest_distance_is_that_of_the_direct_formula():
+    z, _, p = _near_copies(dim=8)
+    z = (z + 0.01 * torch.rand_like(z)).requires_grad_(True)
+    net = _net(per_class=1, dim=8)
+    net.prototypes.data = p.clone()
+    net.min_distances(z).sum().backward()
+    cells = squared_distances(z.detach(), p).flatten(2).argmin(2)  # (N, m)
+    expected = torch.zeros_like(z).flatten(2)
+    for i in range(z.shape[0]):
+        for j in range(p.shape[0]):
+            c = cells[i, j]
+            expected[i, :, c] += 2 * (z.detach().flatten(2)[i, :, c] - p[j])
+    torch.testing.assert_close(z.grad.flatten(2), expected)
+
+
+def test_distances_and_similarities_stay_float32_under_autocast():
+    """bfloat16 autocast rounds the cross term to 8 bits: a near match then gave a
+    similarity of 2.33 instead of 4.42. The distance layer runs outside it."""
+    net = _net().eval()
+    x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    latents = []
+    net.add_on.register_forward_hook(lambda m, i, out: latents.append(out))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, min_d = net(x)
+    z = latents[-1]
+    assert z.dtype == torch.bfloat16  # the trunk did run in low precision
+    assert logits.dtype == min_d.dtype == torch.float32
+    reference = squared_distances(z.double(), net.prototypes.double()).flatten(2).amin(2)
+    torch.testing.assert_close(min_d.double(), reference, rtol=1e-5, atol=1e-7)
+    # a prototype that is a cell of this very map matches it exactly
+    net.prototypes.data[0] = z[2, :, 1, 1].float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, min_d = net(x)
+    assert min_d[2, 0].item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_frozen_backbone_stays_in_eval_mode():
