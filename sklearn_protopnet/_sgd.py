@@ -7,6 +7,13 @@
 :class:`StepDecay` (a callback) sets the joint stage's step-decay schedule.
 One ``partial_fit`` call is one epoch; the staged loop of
 :mod:`._training` decides which parts learn in it.
+
+skorch's ``partial_fit`` catches ``KeyboardInterrupt`` around ``fit_loop``
+and returns as if the epoch had ended, which would let the staged loop
+record and checkpoint half an epoch as a whole one. ``fit_loop`` therefore
+carries the interrupt past that handler (as :class:`_Interrupted`) and
+``partial_fit`` raises it again: Ctrl-C ends the fit within the batch it
+arrives in.
 """
 
 from __future__ import annotations
@@ -21,6 +28,10 @@ from ._network import off_class_l1, prototype_losses
 
 #: Per-batch metrics recorded in the history (``train_*`` and ``valid_*``).
 BATCH_METRICS = ("ce", "cluster", "separation", "l1", "acc")
+
+
+class _Interrupted(Exception):
+    """A ``KeyboardInterrupt`` on its way past skorch's handler (its cause)."""
 
 
 class ProtoPNetNet(NeuralNet):
@@ -44,6 +55,20 @@ class ProtoPNetNet(NeuralNet):
         self.l1_coef = l1_coef
         self.mixed_precision = mixed_precision
         self.channels_last = channels_last
+
+    def fit_loop(self, X, y=None, epochs=None, **kwargs):
+        try:
+            return super().fit_loop(X, y, epochs, **kwargs)
+        except KeyboardInterrupt as exc:
+            raise _Interrupted from exc
+
+    def partial_fit(self, X, y=None, classes=None, **fit_params):
+        """One call of skorch's ``partial_fit``; a ``KeyboardInterrupt`` during
+        it is raised to the caller (skorch's own would end the epoch only)."""
+        try:
+            return super().partial_fit(X, y, classes, **fit_params)
+        except _Interrupted as wrapped:
+            raise wrapped.__cause__ from None
 
     @property
     def _device_type(self) -> str:

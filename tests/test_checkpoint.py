@@ -1,14 +1,18 @@
 """Training checkpoints: exact resumption, refusal of foreign checkpoints,
-atomic writes, and a fit killed with SIGKILL then resumed."""
+atomic writes, a fit killed with SIGKILL then resumed, and Ctrl-C
+(KeyboardInterrupt, SIGINT): the fit stops within a batch, the checkpoint
+ends with the last completed step."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 
+import joblib
 import numpy as np
 import pytest
 import torch
@@ -222,3 +226,170 @@ def test_fit_killed_with_sigkill_resumes_to_the_same_model(tmp_path, monkeypatch
                                rtol=0, atol=1e-6)
     np.testing.assert_array_equal(resumed.prototype_source_index_,
                                   full.prototype_source_index_)
+
+
+# -------------------------------------------------------------- Ctrl-C
+def _interrupt_on_batch(monkeypatch, k: int) -> list:
+    """Make the k-th SGD batch (counting from the start of the fit) raise
+    KeyboardInterrupt, as Ctrl-C does; return the list of batches started."""
+    calls = []
+    train_step = ProtoPNetNet.train_step
+
+    def interrupted(self, batch, **kwargs):
+        calls.append(1)
+        if len(calls) == k:
+            raise KeyboardInterrupt
+        return train_step(self, batch, **kwargs)
+
+    monkeypatch.setattr(ProtoPNetNet, "train_step", interrupted)
+    return calls
+
+
+def _saved_state(folder) -> dict:
+    return torch.load(Checkpoint(folder, {}).path, weights_only=True)["state"]
+
+
+def _sgd_epochs(history) -> list:
+    return [r["epoch"] for r in history if r.get("stage") in ("warm", "joint")]
+
+
+def test_keyboard_interrupt_stops_fit_and_leaves_the_fitted_estimator(
+        bar_data, reference, tmp_path, monkeypatch):
+    """Ctrl-C in the middle of epoch 3 ends fit at once with KeyboardInterrupt
+    (skorch's partial_fit would swallow it and let the fit go on), the
+    estimator keeps its previous fit, the checkpoint ends with the last
+    completed step, and resuming from it gives the uninterrupted model."""
+    images, labels = bar_data
+    clf = tiny_classifier(checkpoint_dir=tmp_path, **SETTINGS).fit(images, labels)
+    proba = clf.predict_proba(images)
+    ids = {k: id(v) for k, v in vars(clf).items()}
+    digest = joblib.hash(vars(clf))
+    # 40 images in batches of 16: 3 batches an epoch, so batch 8 is epoch 3's second
+    with monkeypatch.context() as m:
+        calls = _interrupt_on_batch(m, 8)
+        with pytest.raises(KeyboardInterrupt):
+            clf.fit(images, labels)
+    assert len(calls) == 8  # no batch ran after the interrupt
+    assert {k: id(v) for k, v in vars(clf).items()} == ids
+    assert joblib.hash(vars(clf)) == digest
+    np.testing.assert_array_equal(clf.predict_proba(images), proba)
+    state = _saved_state(tmp_path)
+    assert state["step"] == 4  # the last layer after epoch 2; epoch 3 is step 5
+    assert _sgd_epochs(json.loads(state["history"])) == [1, 2]
+
+    calls = count_epochs(monkeypatch)
+    resumed = tiny_classifier(checkpoint_dir=tmp_path, **SETTINGS).fit(images, labels)
+    assert len(calls) == 2
+    np.testing.assert_array_equal(resumed.predict_proba(images), reference)
+
+
+@pytest.mark.parametrize("step_function", ["push_prototypes", "similarities"],
+                         ids=["push", "last-layer"])
+def test_keyboard_interrupt_in_push_or_last_layer_propagates(bar_data, tmp_path, monkeypatch,
+                                                             step_function):
+    """Ctrl-C during the batches of a push or of the last layer's features
+    ends fit at once; the checkpoint ends with the step before."""
+    from sklearn_protopnet._network import ProtoPNet
+
+    images, labels = bar_data
+    inside, batches = [], []
+    step = getattr(_training, step_function)
+
+    def flagged(*args, **kwargs):
+        inside.append(1)
+        try:
+            return step(*args, **kwargs)
+        finally:
+            inside.pop()
+
+    latent = ProtoPNet.latent
+
+    def interrupted(self, x):
+        if inside:
+            batches.append(1)
+            if len(batches) == 2:
+                raise KeyboardInterrupt
+        return latent(self, x)
+
+    monkeypatch.setattr(_training, step_function, flagged)
+    monkeypatch.setattr(ProtoPNet, "latent", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_classifier(checkpoint_dir=tmp_path, **SETTINGS).fit(images, labels)
+    assert len(batches) == 2
+    # push after epoch 2 is step 3, its last layer step 4
+    assert _saved_state(tmp_path)["step"] == (2 if step_function == "push_prototypes" else 3)
+
+
+SIGINT_SETTINGS = dict(SETTINGS, batch_size=2)  # 20 batches an epoch
+
+SIGINT_CHILD = """
+import sys
+import time
+
+from sklearn_protopnet._sgd import ProtoPNetNet
+from tests.conftest import make_bar_images, tiny_classifier
+
+train_step = ProtoPNetNet.train_step
+batches = []
+
+
+def slow_step(self, batch, **kwargs):
+    # from epoch 3 on, a batch takes 0.5 s: the rest of an epoch, 10 s
+    batches.append(1)
+    print("BATCH", len(batches), flush=True)
+    if len(batches) > 40:
+        time.sleep(0.5)
+    return train_step(self, batch, **kwargs)
+
+
+ProtoPNetNet.train_step = slow_step
+images, labels = make_bar_images(20)
+tiny_classifier(checkpoint_dir=sys.argv[1], verbose=1, **{settings!r}).fit(images, labels)
+print("FINISHED", flush=True)
+"""
+
+
+def test_fit_interrupted_with_sigint_stops_within_a_batch_and_resumes(tmp_path, monkeypatch):
+    """Ctrl-C (SIGINT) in a child process during the third batch of epoch 3:
+    the child exits at once with a KeyboardInterrupt traceback, without
+    running the epoch's other 17 batches; its checkpoint ends after the last
+    layer of epoch 2, and the resumed fit ends with the uninterrupted model."""
+    import time
+
+    code = textwrap.dedent(SIGINT_CHILD.format(settings=SIGINT_SETTINGS))
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    child = subprocess.Popen([sys.executable, "-u", "-c", code, str(tmp_path)], cwd=ROOT,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    after = []
+    try:
+        for line in child.stdout:
+            assert "FINISHED" not in line, "the child finished before it was interrupted"
+            if line.startswith("BATCH 43"):  # epoch 3 (batches 41-60) is running
+                child.send_signal(signal.SIGINT)
+                sent = time.perf_counter()
+                break
+        after = child.stdout.read().splitlines()
+        child.wait(timeout=30)
+        took = time.perf_counter() - sent
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    stderr = child.stderr.read()
+    assert child.returncode != 0 and "KeyboardInterrupt" in stderr.splitlines()[-1], stderr
+    assert took < 4.0, took  # the 17 batches left would take 8.5 s
+    assert sum(line.startswith("BATCH") for line in after) <= 1, after
+    assert not any("joint epoch 3/" in line or "FINISHED" in line for line in after), after
+    state = _saved_state(tmp_path)
+    assert state["step"] == 4
+    assert _sgd_epochs(json.loads(state["history"])) == [1, 2]
+
+    images, labels = make_bar_images(20)
+    calls = count_epochs(monkeypatch)
+    resumed = tiny_classifier(checkpoint_dir=tmp_path, **SIGINT_SETTINGS).fit(images, labels)
+    assert len(calls) == 2
+    monkeypatch.undo()
+    full = tiny_classifier(**SIGINT_SETTINGS).fit(images, labels)
+    np.testing.assert_array_equal(resumed.predict_proba(images), full.predict_proba(images))
+    assert _sgd_epochs(resumed.history_) == _sgd_epochs(full.history_) == [1, 2, 3, 4]
