@@ -165,6 +165,27 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def check_backbone_arguments(backbone, weights, normalize) -> None:
+    """Refuse, without building anything or reading any image, a backbone
+    name, weights name or weights file, or ``normalize`` that
+    :func:`build_backbone` would refuse."""
+    resolve_normalize(normalize)
+    if isinstance(backbone, nn.Module):
+        if weights is not None and not _looks_like_path(weights):
+            raise ValueError(
+                "weights for a custom nn.Module backbone must be the path of a "
+                f"state_dict file, got {weights!r}"
+            )
+    elif not isinstance(backbone, str) or backbone not in _BY_NAME:
+        raise ValueError(
+            f"backbone must be an nn.Module or one of {list_backbones()}, got {backbone!r}"
+        )
+    elif weights is not None and not _looks_like_path(weights):
+        _weights_enum(backbone, weights)
+    if weights is not None and _looks_like_path(weights) and not os.path.isfile(weights):
+        raise FileNotFoundError(f"weights file not found: {os.fspath(weights)!r}")
+
+
 def build_backbone(backbone, weights, normalize="auto") -> BuiltBackbone:
     """Resolve ``backbone`` and ``weights`` into a fresh, trainable module.
 

@@ -9,7 +9,10 @@ eval mode on deterministic preprocessing (no augmentation), in order.
 
 from __future__ import annotations
 
+import copy
+import threading
 import warnings
+import weakref
 
 import numpy as np
 import torch
@@ -37,6 +40,42 @@ def resolve_device(device, cpu_fallback: bool = False) -> torch.device:
             return torch.device("cpu")
         raise ValueError(f"device={str(device)!r} was asked for, but CUDA is not available")
     return device
+
+
+# The fitted network lives on the CPU (pickles and model files stay portable);
+# inference on another device uses one copy of it there, made on first use and
+# kept for as long as the network lives, so that nothing moves between calls
+# and concurrent calls share it read-only.
+_DEVICE_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_DEVICE_COPIES_LOCK = threading.Lock()
+
+
+def _stamp(module: torch.nn.Module) -> tuple:
+    """Changes when any parameter or buffer of ``module`` changes in place."""
+    return tuple((name, t._version, t.data_ptr())
+                 for name, t in module.state_dict(keep_vars=True).items())
+
+
+def on_device(module: torch.nn.Module, device) -> torch.nn.Module:
+    """``module`` itself on the CPU, else its copy on ``device`` (in eval mode).
+
+    The copy is made once per network and device and made again only when
+    the network has changed since (a parameter or buffer written in place).
+    Thread-safe: two threads predicting at once get the same copy.
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        return module
+    key = str(device)
+    with _DEVICE_COPIES_LOCK:
+        copies = _DEVICE_COPIES.setdefault(module, {})
+        stamp = _stamp(module)
+        if key not in copies or copies[key][0] != stamp:
+            moved = copy.deepcopy(module).to(device).eval()
+            if device.type == "cuda":
+                moved = moved.to(memory_format=torch.channels_last)
+            copies[key] = (stamp, moved)
+        return copies[key][1]
 
 
 def iterate_batches(dataset, batch_size: int, device, num_workers: int = 0,
@@ -105,5 +144,5 @@ def similarities(module, dataset, batch_size: int, device, num_workers=0):
     return gather_outputs(forward_batches(module, dataset, batch_size, device, num_workers))
 
 
-__all__ = ["forward_batches", "gather_outputs", "iterate_batches", "resolve_device",
+__all__ = ["forward_batches", "gather_outputs", "iterate_batches", "on_device", "resolve_device",
            "similarities"]

@@ -17,7 +17,8 @@ from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
-from ._batches import forward_batches, gather_outputs, resolve_device
+from ._backbones import check_backbone_arguments
+from ._batches import forward_batches, gather_outputs, on_device, resolve_device
 from ._images import ImageDataset, check_images
 from ._maths import log_softmax, softmax
 from ._params import Hyperparameters, declare_hyperparameters
@@ -138,6 +139,15 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
             Fitted. On any error the estimator is left exactly as it was:
             fitted state is assigned only once training has finished.
         """
+        # the cheap checks of the parameters first: a typo is named in an
+        # instant, not after every image header has been read
+        check_backbone_arguments(self.backbone, self.weights, self.normalize)
+        device = resolve_device(self.device)
+        if self.mixed_precision and device.type != "cuda":
+            raise ValueError(
+                f"mixed_precision=True needs a CUDA device; the fit would run on {device}. "
+                "Use mixed_precision=False on the CPU."
+            )
         source = check_images(X)
         y = column_or_1d(y, warn=True)
         if len(y) != len(source):
@@ -151,12 +161,6 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         y_enc = encoder.transform(y).astype(np.int64)
         if self.validation_fraction is not None:
             _check_validation_split(self.validation_fraction, y_enc, encoder.classes_)
-        device = resolve_device(self.device)
-        if self.mixed_precision and device.type != "cuda":
-            raise ValueError(
-                f"mixed_precision=True needs a CUDA device; the fit would run on {device}. "
-                "Use mixed_precision=False on the CPU."
-            )
         state = train(Hyperparameters.of(self), source, y_enc, encoder.classes_, device)
         self.__dict__.update(state)
         return self
@@ -238,8 +242,10 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
 
         Yields ``(source, batches)``, ``batches`` iterating over
         ``(start, logits, similarities, distance_map)`` tensors
-        (:func:`._batches.forward_batches`) with the network on ``device``;
-        the network is back on the CPU afterwards. ``transform``,
+        (:func:`._batches.forward_batches`) on ``device``. The fitted network
+        stays on the CPU; on another device a copy of it made on first use
+        serves every call (:func:`._batches.on_device`), so nothing moves
+        between calls and two threads may predict at once. ``transform``,
         ``decision_function``, ``explain`` and ``prune`` all read it. The
         data loader draws its seed from a generator of its own, so the
         user's global torch RNG is left as it was.
@@ -248,18 +254,33 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         source = check_images(X)
         device = resolve_device(self.device, cpu_fallback=True)
         dataset = ImageDataset(source, self.image_size_)
-        module = self.module_
-        try:
-            module.to(device)
-            yield source, forward_batches(module, dataset, self.batch_size, device,
-                                          self.num_workers, torch.Generator())
-        finally:
-            module.cpu()
+        module = on_device(self.module_, device)
+        yield source, forward_batches(module, dataset, self.batch_size, device,
+                                      self.num_workers, torch.Generator())
 
     def _outputs(self, X):
         """(logits, similarities) as float64 arrays, streamed in batches."""
         with self._inference(X) as (_, batches):
             return gather_outputs(batches)
+
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        """Names of the columns of :meth:`transform`: one per prototype.
+
+        Parameters
+        ----------
+        input_features : None
+            Ignored (images have no input feature names); accepted for
+            scikit-learn's output API.
+
+        Returns
+        -------
+        ndarray of str objects, shape (m,)
+            ``"prototype{j}_{class}"``: prototype j and the class it belongs
+            to, e.g. ``"prototype3_cat"``; they follow pruning.
+        """
+        check_is_fitted(self, "module_")
+        return np.asarray([f"prototype{j}_{label}" for j, label in
+                           enumerate(self.prototype_class_)], dtype=object)
 
     def decision_function(self, X) -> np.ndarray:
         """The logits of each image.
