@@ -1,7 +1,7 @@
 """The SGD stages on skorch: the net whose loss is the ProtoPNet objective.
 
 :class:`ProtoPNetNet` extends skorch's ``NeuralNet`` through its own hooks:
-``get_loss`` adds the cluster, separation and L1 terms,
+``get_loss`` adds the cluster and separation terms,
 ``get_all_learnable_params`` hands the optimiser only the unfrozen parts,
 ``infer`` and ``train_step`` add mixed precision and channels-last, and
 :class:`StepDecay` (a callback) sets the joint stage's step-decay schedule.
@@ -24,10 +24,10 @@ from skorch.callbacks import Callback
 from skorch.dataset import unpack_data
 from skorch.utils import TeeGenerator
 
-from ._network import off_class_l1, prototype_losses
+from ._network import prototype_losses
 
 #: Per-batch metrics recorded in the history (``train_*`` and ``valid_*``).
-BATCH_METRICS = ("ce", "cluster", "separation", "l1", "acc")
+BATCH_METRICS = ("ce", "cluster", "separation", "acc")
 
 
 class _Interrupted(Exception):
@@ -38,7 +38,11 @@ class ProtoPNetNet(NeuralNet):
     """skorch net whose loss is the ProtoPNet objective.
 
     ``module`` returns ``(logits, min_distances)``; the loss is
-    ``CE + cluster_coef * Clst - separation_coef * Sep + l1_coef * L1``.
+    ``CE + cluster_coef * Clst - separation_coef * Sep``. The reference adds
+    ``last_layer_l1 * L1``, the L1 norm of the last layer's off-class
+    weights; the last layer is frozen in every SGD stage (it is solved
+    after each push, :mod:`._last_layer`), so that term is a constant here:
+    it changes no gradient, only the recorded loss, and is left out.
 
     ``mixed_precision`` runs the forward pass under autocast (float16 with
     gradient scaling on CUDA; bfloat16 elsewhere, used only by the tests) and
@@ -47,12 +51,11 @@ class ProtoPNetNet(NeuralNet):
     faster on. Batches are copied to the device without blocking.
     """
 
-    def __init__(self, *args, cluster_coef=0.8, separation_coef=0.08, l1_coef=1e-4,
+    def __init__(self, *args, cluster_coef=0.8, separation_coef=0.08,
                  mixed_precision=False, channels_last=False, **kwargs):
         super().__init__(*args, **kwargs)
         self.cluster_coef = cluster_coef
         self.separation_coef = separation_coef
-        self.l1_coef = l1_coef
         self.mixed_precision = mixed_precision
         self.channels_last = channels_last
 
@@ -131,12 +134,10 @@ class ProtoPNetNet(NeuralNet):
         ce = super().get_loss(logits, y_true, X=X, training=training)
         module = self.module_
         cluster, separation = prototype_losses(min_distances, y_true, module.prototype_class)
-        l1 = off_class_l1(module)
         loss = ce + self.cluster_coef * cluster - self.separation_coef * separation
-        loss = loss + self.l1_coef * l1
         prefix = "train_" if training else "valid_"
         acc = (logits.argmax(dim=1) == y_true).float().mean()
-        for name, value in zip(BATCH_METRICS, (ce, cluster, separation, l1, acc)):
+        for name, value in zip(BATCH_METRICS, (ce, cluster, separation, acc)):
             self.history.record_batch(prefix + name, value.item())
         return loss
 

@@ -42,7 +42,7 @@ from ._geometry import cell_geometry
 from ._images import ImageDataset, decode_all, make_augmentation
 from ._init import calibrate_batchnorm, initialise_prototypes
 from ._last_layer import solve_last_layer
-from ._network import ProtoPNet
+from ._network import ProtoPNet, off_class_l1
 from ._params import image_size_pair
 from ._push import PushResult, push_prototypes
 from ._sgd import BATCH_METRICS, ProtoPNetNet, StepDecay
@@ -210,8 +210,10 @@ def _make_net(module, train_dataset, valid_dataset, hp, device, decay) -> ProtoP
     callbacks = [("step_decay", decay)]
     for prefix, on_train in (("train_", True), ("valid_", False)):
         if on_train or valid_dataset is not None:
+            # the epoch means only: the *_best flags are the loop's (best_flags)
             callbacks += [
-                (prefix + m, PassthroughScoring(name=prefix + m, on_train=on_train))
+                (prefix + m, PassthroughScoring(name=prefix + m, on_train=on_train,
+                                                lower_is_better=None))
                 for m in BATCH_METRICS
             ]
     cuda = torch.device(device).type == "cuda"
@@ -243,7 +245,6 @@ def _make_net(module, train_dataset, valid_dataset, hp, device, decay) -> ProtoP
         device=device,
         cluster_coef=hp.cluster_coef,
         separation_coef=hp.separation_coef,
-        l1_coef=hp.last_layer_l1,
         mixed_precision=hp.mixed_precision,
         channels_last=cuda,
         verbose=0,
@@ -325,8 +326,12 @@ class _Loop:
                 self._enter_stage(stage, epoch)
             self.decay.stage_epoch = epoch - self.stage_start
             self.net.partial_fit(train_dataset, y=None)
-            record = {k: v for k, v in self.net.history[-1].items() if k != "batches"}
+            # skorch's own *_best flags (of its default loss callbacks) count
+            # from the start of this net only, so a resumed fit would differ
+            record = _plain({k: v for k, v in self.net.history[-1].items()
+                             if k != "batches" and not k.endswith("_best")})
             record.update(stage=stage, epoch=epoch)
+            record.update(best_flags(record, self.history))
             self.history.append(record)
             self.log(_format_epoch(record, hp.warm_epochs + hp.joint_epochs))
         elif kind == "push":
@@ -368,7 +373,7 @@ class _Loop:
             {"stage": "last_layer", "epoch": epoch, "dur": t2 - t0, "features_dur": t1 - t0,
              "objective": sol.objective, "kkt_residual": sol.kkt_residual,
              "iterations": sol.iterations, "converged": sol.converged,
-             "train_acc": train_acc})
+             "train_acc": train_acc, "off_class_l1": off_class_l1(module).item()})
         self.log(f"[last layer after epoch {epoch}] objective {sol.objective:.5f}, KKT "
                  f"residual {sol.kkt_residual:.1e} after {sol.iterations} iterations, train "
                  f"acc {train_acc:.3f} (features {t1 - t0:.1f}s, solve {t2 - t1:.1f}s)")
@@ -421,6 +426,36 @@ class _Loop:
         return step + 1
 
 
+#: The epoch metrics (``train_<name>``, ``valid_<name>``) that get a
+#: ``<metric>_best`` flag, and whether a higher value is better.
+HIGHER_IS_BETTER = {"loss": False, "ce": False, "cluster": False, "separation": True,
+                    "acc": True}
+
+
+def best_flags(record: dict, history: list) -> dict:
+    """The ``<metric>_best`` flags of an SGD epoch's ``record``.
+
+    A flag is True when the metric improves (strictly) on every earlier SGD
+    epoch of the fit in ``history``, warm-up and joint alike: both stages
+    minimise the same objective and report the same metrics, so the best
+    epoch of the fit is one epoch. The first epoch is the best so far. As
+    the flags are computed from the fit's own history, which a checkpoint
+    holds, a resumed fit flags the epochs an uninterrupted one does.
+    """
+    earlier = [r for r in history if r.get("stage") in ("warm", "joint")]
+    flags = {}
+    for prefix in ("train_", "valid_"):
+        for name, higher in HIGHER_IS_BETTER.items():
+            key = prefix + name
+            if key not in record:
+                continue
+            seen = [r[key] for r in earlier if key in r]
+            value = record[key]
+            flags[key + "_best"] = bool(
+                not seen or (value > max(seen) if higher else value < min(seen)))
+    return flags
+
+
 def _plain(value):
     """History records as plain JSON values (numpy scalars become Python ones)."""
     if isinstance(value, dict):
@@ -444,5 +479,5 @@ def _format_epoch(record, total) -> str:
     return " ".join(parts)
 
 
-__all__ = ["draw_seed", "fit_stages", "push_epochs", "resolve_auto", "train",
-           "training_steps"]
+__all__ = ["HIGHER_IS_BETTER", "best_flags", "draw_seed", "fit_stages", "push_epochs",
+           "resolve_auto", "train", "training_steps"]

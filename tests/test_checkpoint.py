@@ -393,3 +393,81 @@ def test_fit_interrupted_with_sigint_stops_within_a_batch_and_resumes(tmp_path, 
     full = tiny_classifier(**SIGINT_SETTINGS).fit(images, labels)
     np.testing.assert_array_equal(resumed.predict_proba(images), full.predict_proba(images))
     assert _sgd_epochs(resumed.history_) == _sgd_epochs(full.history_) == [1, 2, 3, 4]
+
+
+# -------------------------------------------------------------- history flags
+# 2 warm and 4 joint epochs with a validation set; 11 steps: init, sgd 1, sgd 2,
+# push 2, last layer 2, sgd 3 to 6, push 6, last layer 6
+FLAG_SETTINGS = dict(warm_epochs=2, joint_epochs=4, push_start=2, validation_fraction=0.25,
+                     augment=True)
+
+
+def _epochs(history) -> list:
+    return [r for r in history if r.get("stage") in ("warm", "joint")]
+
+
+def _expected_flag(records, i, key) -> bool:
+    higher = _training.HIGHER_IS_BETTER[key.split("_", 1)[1]]
+    earlier = [r[key] for r in records[:i]]
+    value = records[i][key]
+    return not earlier or (value > max(earlier) if higher else value < min(earlier))
+
+
+@pytest.fixture(scope="module")
+def flagged_fit(bar_data):
+    return tiny_classifier(**FLAG_SETTINGS).fit(*bar_data)
+
+
+def test_best_flags_mark_improvements_over_the_whole_fit(flagged_fit):
+    """``<metric>_best`` is True exactly when the metric improves on every
+    earlier epoch of the fit, warm-up and joint stages together, in the
+    metric's direction (accuracy and separation: higher is better)."""
+    records = _epochs(flagged_fit.history_)
+    assert [r["stage"] for r in records] == ["warm"] * 2 + ["joint"] * 4
+    keys = [p + m for p in ("train_", "valid_") for m in ("loss", "ce", "cluster",
+                                                          "separation", "acc")]
+    for i, record in enumerate(records):
+        assert sorted(k for k in record if k.endswith("_best")) == sorted(
+            k + "_best" for k in keys)
+        for key in keys:
+            assert record[key + "_best"] == _expected_flag(records, i, key), (i, key)
+    # the epoch first reaching the highest validation accuracy is flagged
+    best = max(r["valid_acc"] for r in records)
+    assert records[[r["valid_acc"] for r in records].index(best)]["valid_acc_best"]
+    assert records[0]["valid_acc_best"] and records[0]["train_acc_best"]
+    # "best" spans the stages: the first joint epoch is compared with the
+    # warm-up's (were the flags per stage, all of them would be True)
+    first_joint = records[2]
+    assert not all(first_joint[k + "_best"] for k in keys)
+
+
+def test_best_flags_and_records_of_a_resumed_fit_equal_an_uninterrupted_one(
+        bar_data, flagged_fit, tmp_path, monkeypatch):
+    images, labels = bar_data
+    with monkeypatch.context() as m:
+        interrupt_after(m, 6)  # after joint epoch 4
+        with pytest.raises(Interrupt):
+            tiny_classifier(checkpoint_dir=tmp_path, **FLAG_SETTINGS).fit(images, labels)
+    resumed = tiny_classifier(checkpoint_dir=tmp_path, **FLAG_SETTINGS).fit(images, labels)
+    assert [r["stage"] for r in resumed.history_].count("resume") == 1
+
+    def comparable(history):
+        return [{k: v for k, v in r.items() if k != "dur"} for r in _epochs(history)]
+
+    assert comparable(resumed.history_) == comparable(flagged_fit.history_)
+
+
+def test_sgd_loss_leaves_out_the_constant_l1_term(flagged_fit):
+    """The last layer is frozen in the SGD stages, so its L1 term is a
+    constant: the recorded loss is CE + cluster_coef * Clst - separation_coef
+    * Sep, and the off-class L1 norm is recorded at each last-layer solve."""
+    clf = flagged_fit
+    for r in _epochs(clf.history_):
+        assert not any("l1" in k for k in r)
+        for p in ("train_", "valid_"):
+            expected = (r[p + "ce"] + clf.cluster_coef * r[p + "cluster"]
+                        - clf.separation_coef * r[p + "separation"])
+            assert r[p + "loss"] == pytest.approx(expected, rel=1e-6, abs=1e-7)
+    last = [r for r in clf.history_ if r["stage"] == "last_layer"][-1]
+    own = clf.module_.own_class_mask().numpy()
+    assert last["off_class_l1"] == pytest.approx(np.abs(clf.coef_[~own]).sum(), rel=1e-6)
