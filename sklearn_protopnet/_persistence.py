@@ -23,12 +23,16 @@ its saved state (number of prototypes, their depth, the number of classes,
 the backbone's channels) and its ``prototype_class`` buffer; the backbone is
 rebuilt from a torchvision name (``weights=None``, then loaded from the
 state), from the recorded arguments of one of this package's own backbones
-(:data:`_OUR_BACKBONES`), or, for any other module, from the instance the
-user passes to ``load(path, backbone=...)``.
+(:data:`_OUR_BACKBONES`), from a description as data of a tree of torch.nn
+layers (:data:`_TORCH_NN_LAYERS` inside ``nn.Sequential`` containers, each
+node a class name from that allowlist and its constructor arguments as JSON
+values), or, for any other module, from the instance the user passes to
+``load(path, backbone=...)``.
 """
 
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import io
@@ -40,6 +44,7 @@ import zipfile
 
 import numpy as np
 import torch
+from torch import nn
 
 from ._backbones import SmallCNN, build_backbone
 from ._checkpoint import atomic_write
@@ -58,6 +63,59 @@ _NUMERIC_KINDS = "biufcmM"
 _DATACLASSES = {"CellGeometry": CellGeometry}
 #: Our own backbone classes: name -> (class, constructor argument names).
 _OUR_BACKBONES = {"SmallCNN": (SmallCNN, ("width",))}
+
+_CONV = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
+         "groups", "bias", "padding_mode")
+_CONV_TRANSPOSE = ("in_channels", "out_channels", "kernel_size", "stride", "padding",
+                   "output_padding", "groups", "bias", "dilation", "padding_mode")
+_NORM = ("num_features", "eps", "momentum", "affine", "track_running_stats")
+_INPLACE = ("inplace",)
+#: The torch.nn layers a backbone may be described with (inside ``nn.Sequential``
+#: containers): name -> (class, constructor argument names). Each argument is
+#: read from the instance's attribute of that name, except ``bias``, which is
+#: ``module.bias is not None``. Only these exact classes qualify (no subclass).
+_TORCH_NN_LAYERS = {
+    "Conv1d": (nn.Conv1d, _CONV),
+    "Conv2d": (nn.Conv2d, _CONV),
+    "ConvTranspose2d": (nn.ConvTranspose2d, _CONV_TRANSPOSE),
+    "Linear": (nn.Linear, ("in_features", "out_features", "bias")),
+    "BatchNorm1d": (nn.BatchNorm1d, _NORM),
+    "BatchNorm2d": (nn.BatchNorm2d, _NORM),
+    "InstanceNorm2d": (nn.InstanceNorm2d, _NORM),
+    "GroupNorm": (nn.GroupNorm, ("num_groups", "num_channels", "eps", "affine")),
+    "LayerNorm": (nn.LayerNorm, ("normalized_shape", "eps", "elementwise_affine", "bias")),
+    "ReLU": (nn.ReLU, _INPLACE),
+    "ReLU6": (nn.ReLU6, _INPLACE),
+    "LeakyReLU": (nn.LeakyReLU, ("negative_slope", "inplace")),
+    "PReLU": (nn.PReLU, ("num_parameters", "init")),
+    "ELU": (nn.ELU, ("alpha", "inplace")),
+    "SELU": (nn.SELU, _INPLACE),
+    "GELU": (nn.GELU, ("approximate",)),
+    "SiLU": (nn.SiLU, _INPLACE),
+    "Mish": (nn.Mish, _INPLACE),
+    "Hardswish": (nn.Hardswish, _INPLACE),
+    "Hardsigmoid": (nn.Hardsigmoid, _INPLACE),
+    "Sigmoid": (nn.Sigmoid, ()),
+    "Tanh": (nn.Tanh, ()),
+    "MaxPool2d": (nn.MaxPool2d, ("kernel_size", "stride", "padding", "dilation",
+                                 "return_indices", "ceil_mode")),
+    "AvgPool2d": (nn.AvgPool2d, ("kernel_size", "stride", "padding", "ceil_mode",
+                                 "count_include_pad", "divisor_override")),
+    "AdaptiveAvgPool2d": (nn.AdaptiveAvgPool2d, ("output_size",)),
+    "AdaptiveMaxPool2d": (nn.AdaptiveMaxPool2d, ("output_size", "return_indices")),
+    "Dropout": (nn.Dropout, ("p", "inplace")),
+    "Dropout2d": (nn.Dropout2d, ("p", "inplace")),
+    "Identity": (nn.Identity, ()),
+    "Flatten": (nn.Flatten, ("start_dim", "end_dim")),
+    "ZeroPad2d": (nn.ZeroPad2d, ("padding",)),
+    "ConstantPad2d": (nn.ConstantPad2d, ("padding", "value")),
+    "ReflectionPad2d": (nn.ReflectionPad2d, ("padding",)),
+    "ReplicationPad2d": (nn.ReplicationPad2d, ("padding",)),
+    "Upsample": (nn.Upsample, ("size", "scale_factor", "mode", "align_corners",
+                               "recompute_scale_factor")),
+}
+#: The one container of such a description: it defines the forward (in order).
+_TORCH_NN_CONTAINER = "Sequential"
 
 
 class _Writer:
@@ -194,6 +252,190 @@ class _Reader:
 # ----------------------------------------------------------------------------
 # the backbone and the network
 # ----------------------------------------------------------------------------
+class _NotDescribable(Exception):
+    """A backbone that a tree of torch.nn layers cannot describe; the message says why."""
+
+
+def _qualname(obj) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _where(path: str) -> str:
+    return f"its submodule {path!r}" if path else "the backbone itself"
+
+
+def _child_path(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _plain_arg(value, where: str):
+    """A constructor argument as a JSON node: None, bool, int, float, str, lists, tuples."""
+    if value is None or type(value) in (bool, int, str):
+        return value
+    if type(value) is float:
+        return value if math.isfinite(value) else {"kind": "float", "value": repr(value)}
+    if type(value) in (list, tuple):
+        return {"kind": type(value).__name__, "items": [_plain_arg(v, where) for v in value]}
+    raise _NotDescribable(f"{where} is {value!r} (a {type(value).__name__}), not a JSON value")
+
+
+def _check_plain_arg(node, where: str) -> None:
+    """Refuse an argument node that would decode to anything but a plain value."""
+    if node is None or isinstance(node, (bool, int, float, str)):
+        return
+    if isinstance(node, dict) and node.get("kind") == "float" and set(node) == {"kind", "value"}:
+        return
+    if (isinstance(node, dict) and node.get("kind") in ("list", "tuple")
+            and set(node) == {"kind", "items"} and isinstance(node["items"], list)):
+        for item in node["items"]:
+            _check_plain_arg(item, where)
+        return
+    raise ValueError(f"malformed model file: {where} is not a plain JSON value "
+                     f"({str(node)[:80]})")
+
+
+def _describe(module, path: str, seen: set) -> dict:
+    """The JSON tree of a module built only from :data:`_TORCH_NN_LAYERS` and Sequentials."""
+    if id(module) in seen:
+        raise _NotDescribable(f"{_where(path)} is the same module object as another part of "
+                              "the backbone; shared modules cannot be described as data")
+    seen.add(id(module))
+    if type(module) is nn.Sequential:
+        children = []
+        for name, child in module._modules.items():
+            if child is None:
+                raise _NotDescribable(f"{_where(_child_path(path, name))} is None")
+            children.append([name, _describe(child, _child_path(path, name), seen)])
+        return {"class": _TORCH_NN_CONTAINER, "children": children}
+    name = type(module).__name__
+    entry = _TORCH_NN_LAYERS.get(name)
+    if entry is None or entry[0] is not type(module):
+        raise _NotDescribable(
+            f"{_where(path)} is a {_qualname(module)}, which is not one of the torch.nn layers "
+            "a model file can describe (nn.Sequential and the exact classes listed in "
+            "docs/scikit-learn.md, no subclasses)"
+        )
+    args = {}
+    for arg in entry[1]:
+        where = f"the argument {arg} of {_where(path)} ({name})"
+        try:
+            value = module.bias is not None if arg == "bias" else getattr(module, arg)
+        except AttributeError as exc:
+            raise _NotDescribable(f"{where} cannot be read: {exc}") from exc
+        args[arg] = _plain_arg(value, where)
+    return {"class": name, "args": args}
+
+
+def _build_tree(node, reader: _Reader, path: str = "") -> nn.Module:
+    """The module a JSON tree describes, on the meta device (no memory, no random init).
+
+    Class names are looked up only in :data:`_TORCH_NN_LAYERS` and the container;
+    arguments must be plain JSON values, and exactly the recorded ones.
+    """
+    where = _where(path)
+    if not isinstance(node, dict) or not isinstance(node.get("class"), str):
+        raise ValueError(f"malformed model file: the backbone description of {where} is "
+                         f"not a node ({str(node)[:80]})")
+    name = node["class"]
+    if name == _TORCH_NN_CONTAINER:
+        if set(node) != {"class", "children"} or not isinstance(node["children"], list):
+            raise ValueError(f"malformed model file: the Sequential at {where} must have "
+                             "exactly a list of children")
+        children = {}
+        for item in node["children"]:
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+                    and item[0] and "." not in item[0] and item[0] not in children):
+                raise ValueError(f"malformed model file: a child of the Sequential at {where} "
+                                 f"is not a [unique name, node] pair ({str(item)[:80]})")
+            children[item[0]] = _build_tree(item[1], reader, _child_path(path, item[0]))
+        try:
+            return nn.Sequential(collections.OrderedDict(children))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed model file: the Sequential at {where}: {exc}") from exc
+    entry = _TORCH_NN_LAYERS.get(name)
+    if entry is None:
+        raise ValueError(
+            f"malformed model file: the backbone layer {name[:80]!r} at {where} is not "
+            f"supported; a model file describes only {_TORCH_NN_CONTAINER} and the torch.nn "
+            f"layers {sorted(_TORCH_NN_LAYERS)}"
+        )
+    cls, names = entry
+    if set(node) != {"class", "args"} or not isinstance(node["args"], dict):
+        raise ValueError(f"malformed model file: the {name} at {where} must have exactly "
+                         "a dict of arguments")
+    unknown = sorted(set(node["args"]) - set(names))
+    missing = [a for a in names if a not in node["args"]]
+    if unknown or missing:
+        raise ValueError(f"malformed model file: the {name} at {where} has unsupported "
+                         f"arguments {unknown[:5]} or lacks {missing}")
+    args = {}
+    for arg in names:
+        _check_plain_arg(node["args"][arg], f"the argument {arg} of the {name} at {where}")
+        args[arg] = reader.decode(node["args"][arg])
+    try:
+        with torch.device("meta"):
+            return cls(**args)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        raise ValueError(f"malformed model file: cannot build the {name} at {where} from its "
+                         f"arguments ({type(exc).__name__}: {str(exc)[:200]})") from exc
+
+
+def _same_modules(original: nn.Module, rebuilt: nn.Module, path: str = "") -> None:
+    """Raise :class:`_NotDescribable` where ``rebuilt`` could compute otherwise."""
+    where = f"{_where(path)} ({type(original).__name__})"
+    if type(original) is not type(rebuilt):
+        raise _NotDescribable(f"{_where(path)} is a {_qualname(original)}, not a "
+                              f"{_qualname(rebuilt)}")
+    a, b = vars(original), vars(rebuilt)
+    hooks = sorted(k for k, v in a.items() if "hook" in k and v)
+    if hooks:
+        raise _NotDescribable(f"{where} has hooks ({', '.join(hooks)}), which a description "
+                              "as data cannot carry")
+
+    def same(k):
+        if k not in a or k not in b or type(a[k]) is not type(b[k]):
+            return False
+        try:
+            return bool(a[k] == b[k])
+        except Exception:  # e.g. a tensor attribute
+            return False
+
+    structural = {"training", "_parameters", "_buffers", "_modules"}
+    differ = sorted(k for k in a.keys() | b.keys()
+                    if k not in structural and "hook" not in k and not same(k))
+    if differ:
+        raise _NotDescribable(f"{where} has attributes its constructor arguments do not "
+                              f"rebuild: {differ[:5]}")
+    for slot in ("_parameters", "_buffers"):
+        if {k: v is None for k, v in a[slot].items()} != \
+                {k: v is None for k, v in b[slot].items()}:
+            raise _NotDescribable(f"{where} has other parameters or buffers than its class "
+                                  f"makes from its arguments: {sorted(a[slot])}")
+    if list(a["_modules"]) != list(b["_modules"]):
+        raise _NotDescribable(f"{where} has other submodules than its class makes: "
+                              f"{list(a['_modules'])[:5]}")
+    for name, child in a["_modules"].items():
+        _same_modules(child, b["_modules"][name], _child_path(path, name))
+
+
+def _describe_torch_nn(module: nn.Module) -> dict:
+    """The tree of ``module`` if it rebuilds exactly from it, else :class:`_NotDescribable`."""
+    tree = _describe(module, "", set())
+    try:
+        rebuilt = _build_tree(json.loads(json.dumps(tree, allow_nan=False)), _Reader({}))
+    except ValueError as exc:
+        raise _NotDescribable(str(exc).removeprefix("malformed model file: ")) from exc
+    _same_modules(module, rebuilt)
+    owner = {}
+    for name, tensor in [*module.named_parameters(remove_duplicate=False),
+                         *module.named_buffers(remove_duplicate=False)]:
+        if id(tensor) in owner:
+            raise _NotDescribable(f"{name!r} is the same tensor as {owner[id(tensor)]!r}; "
+                                  "shared weights cannot be described as data")
+        owner[id(tensor)] = name
+    return tree
+
+
 def _backbone_spec(param, writer: _Writer) -> dict:
     if isinstance(param, str):
         return {"kind": "torchvision", "name": param}
@@ -204,11 +446,15 @@ def _backbone_spec(param, writer: _Writer) -> dict:
     if ours is not None and ours[0] is type(param):
         args = {a: writer.encode(getattr(param, a), f"backbone.{a}") for a in ours[1]}
         return {"kind": "ours", "class": name, "args": args, "state": state}
-    return {"kind": "module", "class": f"{type(param).__module__}.{type(param).__qualname__}",
-            "state": state}
+    try:
+        tree = _describe_torch_nn(param)
+    except _NotDescribable as exc:
+        return {"kind": "module", "class": _qualname(param), "unsupported": str(exc),
+                "state": state}
+    return {"kind": "torch_nn", "class": _qualname(param), "tree": tree, "state": state}
 
 
-def _load_state(module: torch.nn.Module, state: dict, what: str) -> None:
+def _load_state(module: torch.nn.Module, state: dict, what: str, assign=False) -> None:
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -220,7 +466,7 @@ def _load_state(module: torch.nn.Module, state: dict, what: str) -> None:
                  if keys]
         raise ValueError(f"the saved {what} does not match the module it is loaded into: "
                          + "; ".join(parts))
-    module.load_state_dict(state)
+    module.load_state_dict(state, assign=assign)
 
 
 def _rebuild_param_backbone(spec: dict, reader: _Reader, backbone):
@@ -237,11 +483,23 @@ def _rebuild_param_backbone(spec: dict, reader: _Reader, backbone):
         args = {a: reader.decode(v) for a, v in spec["args"].items() if a in names}
         with torch.random.fork_rng():  # the saved state replaces the random init
             module = cls(**args)
+    elif kind == "torch_nn":
+        module = _build_tree(spec["tree"], reader)  # on the meta device: the state fills it
+        try:
+            _load_state(module, {k: v.clone() for k, v in state.items()},
+                        f"backbone ({spec.get('class', kind)})", assign=True)
+        except RuntimeError as exc:
+            raise ValueError(f"malformed model file: the backbone state: {exc}") from exc
+        if any(t.is_meta for t in (*module.parameters(), *module.buffers())):
+            raise ValueError("malformed model file: the backbone state leaves tensors unset")
+        return module
     elif kind == "module":
         if backbone is None:
+            reason = spec.get("unsupported")
+            reason = f": {reason[:400]}" if isinstance(reason, str) else ""
             raise ValueError(
                 f"this model was fitted with a backbone module of class {spec['class']}, "
-                "which the model file cannot rebuild; pass an instance like it: "
+                f"which the model file cannot rebuild{reason}. Pass an instance like it: "
                 "ProtoPNetClassifier.load(path, backbone=MyBackbone(...))"
             )
         module = copy.deepcopy(backbone)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import io
 import json
 import os
 import pickle
+import re
 import zipfile
 
 import joblib
@@ -19,7 +21,14 @@ from sklearn.exceptions import NotFittedError
 from torch import nn
 
 from sklearn_protopnet import ProtoPNetClassifier
-from sklearn_protopnet._persistence import FORMAT_VERSION
+from sklearn_protopnet._persistence import (
+    _TORCH_NN_LAYERS,
+    FORMAT_VERSION,
+    _backbone_spec,
+    _Reader,
+    _rebuild_param_backbone,
+    _Writer,
+)
 
 from .conftest import tiny_classifier
 
@@ -349,3 +358,332 @@ def test_incompatible_or_foreign_files_are_clear_errors(fitted, tmp_path):
     joblib.dump(fitted, tmp_path / "m.joblib")
     with pytest.raises(ValueError, match="joblib"):
         ProtoPNetClassifier.load(tmp_path / "m.joblib")
+
+
+# ------------------------------------------- torch.nn backbones described as data
+#: One or more instances of every allowlisted layer, with arguments other than
+#: the defaults where there are any, and an input shape it accepts.
+LAYER_EXAMPLES = [
+    ("Conv1d", lambda: nn.Conv1d(3, 4, 3, stride=2, padding=2, dilation=2, bias=False,
+                                 padding_mode="reflect"), (2, 3, 11)),
+    ("Conv2d", lambda: nn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=(1, 0),
+                                 dilation=(1, 2), groups=2, padding_mode="replicate"),
+     (2, 4, 9, 9)),
+    ("Conv2d-same", lambda: nn.Conv2d(3, 5, 3, padding="same", padding_mode="circular"),
+     (2, 3, 7, 7)),
+    ("ConvTranspose2d", lambda: nn.ConvTranspose2d(4, 2, 3, stride=2, padding=1,
+                                                   output_padding=1, groups=2, bias=False,
+                                                   dilation=1), (2, 4, 5, 5)),
+    ("Linear", lambda: nn.Linear(5, 3, bias=False), (2, 4, 5)),
+    ("BatchNorm1d", lambda: nn.BatchNorm1d(4, eps=1e-3, momentum=0.3), (3, 4, 6)),
+    ("BatchNorm2d", lambda: nn.BatchNorm2d(4, momentum=None), (2, 4, 3, 3)),
+    ("BatchNorm2d-no-stats", lambda: nn.BatchNorm2d(4, affine=False,
+                                                    track_running_stats=False), (2, 4, 3, 3)),
+    ("InstanceNorm2d", lambda: nn.InstanceNorm2d(4, affine=True, track_running_stats=True),
+     (2, 4, 5, 5)),
+    ("GroupNorm", lambda: nn.GroupNorm(2, 4, eps=1e-4, affine=False), (2, 4, 3, 3)),
+    ("LayerNorm", lambda: nn.LayerNorm([3, 3], eps=1e-4, bias=False), (2, 4, 3, 3)),
+    ("LayerNorm-no-affine", lambda: nn.LayerNorm(3, elementwise_affine=False, bias=False),
+     (2, 4, 3, 3)),
+    ("ReLU", lambda: nn.ReLU(inplace=True), (2, 3, 4, 4)),
+    ("ReLU6", lambda: nn.ReLU6(), (2, 3, 4, 4)),
+    ("LeakyReLU", lambda: nn.LeakyReLU(0.2, inplace=True), (2, 3, 4, 4)),
+    ("PReLU", lambda: nn.PReLU(3, init=0.1), (2, 3, 4, 4)),
+    ("ELU", lambda: nn.ELU(alpha=0.5), (2, 3, 4, 4)),
+    ("SELU", lambda: nn.SELU(), (2, 3, 4, 4)),
+    ("GELU", lambda: nn.GELU(approximate="tanh"), (2, 3, 4, 4)),
+    ("SiLU", lambda: nn.SiLU(), (2, 3, 4, 4)),
+    ("Mish", lambda: nn.Mish(), (2, 3, 4, 4)),
+    ("Hardswish", lambda: nn.Hardswish(), (2, 3, 4, 4)),
+    ("Hardsigmoid", lambda: nn.Hardsigmoid(), (2, 3, 4, 4)),
+    ("Sigmoid", lambda: nn.Sigmoid(), (2, 3, 4, 4)),
+    ("Tanh", lambda: nn.Tanh(), (2, 3, 4, 4)),
+    ("MaxPool2d", lambda: nn.MaxPool2d((3, 2), stride=2, padding=1, dilation=1,
+                                       ceil_mode=True), (2, 3, 7, 7)),
+    ("AvgPool2d", lambda: nn.AvgPool2d(3, stride=2, padding=1, ceil_mode=True,
+                                       count_include_pad=False, divisor_override=2),
+     (2, 3, 7, 7)),
+    ("AdaptiveAvgPool2d", lambda: nn.AdaptiveAvgPool2d((None, 3)), (2, 3, 7, 7)),
+    ("AdaptiveMaxPool2d", lambda: nn.AdaptiveMaxPool2d(2), (2, 3, 7, 7)),
+    ("Dropout", lambda: nn.Dropout(0.3), (2, 3, 4, 4)),
+    ("Dropout2d", lambda: nn.Dropout2d(0.4, inplace=True), (2, 3, 4, 4)),
+    ("Identity", lambda: nn.Identity(), (2, 3, 4, 4)),
+    ("Flatten", lambda: nn.Flatten(2, -1), (2, 3, 4, 4)),
+    ("ZeroPad2d", lambda: nn.ZeroPad2d((1, 2, 0, 1)), (2, 3, 4, 4)),
+    ("ConstantPad2d", lambda: nn.ConstantPad2d(1, float("-inf")), (2, 3, 4, 4)),
+    ("ReflectionPad2d", lambda: nn.ReflectionPad2d((2, 1, 1, 0)), (2, 3, 4, 4)),
+    ("ReplicationPad2d", lambda: nn.ReplicationPad2d(2), (2, 3, 4, 4)),
+    ("Upsample", lambda: nn.Upsample(scale_factor=(2.0, 1.5), mode="bilinear",
+                                     align_corners=True), (2, 3, 4, 4)),
+    ("Upsample-size", lambda: nn.Upsample(size=(5, 3), mode="nearest-exact"), (2, 3, 4, 4)),
+]
+
+
+def _randomised(module: nn.Module) -> nn.Module:
+    """Every float parameter and buffer set to a random positive value."""
+    with torch.no_grad():
+        for tensor in module.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.copy_(torch.rand_like(tensor) + 0.5)
+            else:
+                tensor.fill_(7)
+    return module
+
+
+def _through_json(module: nn.Module):
+    """(spec, rebuilt backbone parameter) of ``module``, through the JSON text."""
+    writer = _Writer()
+    spec = json.loads(json.dumps(_backbone_spec(module, writer), allow_nan=False))
+    return spec, _rebuild_param_backbone(spec, _Reader(writer.tensors), None)
+
+
+def _assert_same_module(original: nn.Module, rebuilt: nn.Module):
+    assert repr(rebuilt) == repr(original)
+    assert [type(m) for m in rebuilt.modules()] == [type(m) for m in original.modules()]
+    sa, sb = original.state_dict(), rebuilt.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]), k
+
+
+def test_every_allowlisted_layer_has_an_example():
+    assert {name.split("-")[0] for name, _, _ in LAYER_EXAMPLES} == set(_TORCH_NN_LAYERS)
+    for name, factory, _ in LAYER_EXAMPLES:
+        assert type(factory()).__name__ == name.split("-")[0]
+
+
+@pytest.mark.parametrize("factory, shape", [e[1:] for e in LAYER_EXAMPLES],
+                         ids=[e[0] for e in LAYER_EXAMPLES])
+def test_every_allowlisted_layer_round_trips(factory, shape):
+    original = _randomised(factory())
+    spec, rebuilt = _through_json(original)
+    assert spec["kind"] == "torch_nn", spec.get("unsupported")
+    _assert_same_module(original, rebuilt)
+    for mode in ("eval", "train"):
+        getattr(original, mode)(), getattr(rebuilt, mode)()
+        x = torch.randn(shape)
+        with torch.random.fork_rng():
+            expected = original(x.clone())
+        with torch.random.fork_rng():
+            got = rebuilt(x.clone())
+        assert torch.equal(got, expected), mode
+    # also inside nested Sequentials, with names of the user's choosing
+    nested = nn.Sequential(collections.OrderedDict(
+        [("stem", nn.Sequential(original)), ("out", nn.Identity())]))
+    _assert_same_module(nested, _through_json(nested)[1])
+
+
+def test_the_allowlist_is_the_documented_one():
+    text = open(os.path.join(os.path.dirname(__file__), "..", "docs", "scikit-learn.md"),
+                encoding="utf-8").read()
+    section = text.split("## Saving and loading", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `nn.")]
+    documented = set(re.findall(r"`nn\.(\w+)`", "".join(rows)))
+    assert documented == set(_TORCH_NN_LAYERS) | {"Sequential"}
+
+
+def test_float64_backbone_keeps_its_dtype():
+    original = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).double()
+    _, rebuilt = _through_json(original)
+    _assert_same_module(original, rebuilt)
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    assert torch.equal(rebuilt.eval()(x), original.eval()(x))
+
+
+def _custom_subclass():
+    class Doubled(nn.ReLU):  # a subclass with its own forward is not its parent
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    return nn.Sequential(nn.Conv2d(3, 4, 1), nn.Sequential(nn.Identity(), Doubled()))
+
+
+def _same_name_subclass():
+    class Conv2d(nn.Conv2d):  # named like its parent: still not its parent
+        def forward(self, x):
+            return -super().forward(x)
+
+    return nn.Sequential(nn.ReLU(), Conv2d(3, 4, 1))
+
+
+def _hooked():
+    m = nn.Sequential(nn.Conv2d(3, 4, 1))
+    m[0].register_forward_hook(lambda mod, inp, out: out * 2)
+    return m
+
+
+def _extra_attribute():
+    m = nn.Sequential(nn.Conv2d(3, 4, 1))
+    m[0].stem = True
+    return m
+
+
+def _own_forward():
+    m = nn.Sequential(nn.ReLU())
+    m.forward = lambda x: x
+    return m
+
+
+def _shared_module():
+    conv = nn.Conv2d(4, 4, 1)
+    return nn.Sequential(conv, nn.ReLU(), conv)
+
+
+def _shared_weight():
+    a, b = nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1)
+    b.weight = a.weight
+    return nn.Sequential(a, b)
+
+
+@pytest.mark.parametrize("make, match", [
+    (TinyBackbone, r"the backbone itself is a .*TinyBackbone"),
+    (_custom_subclass, r"submodule '1\.1' is a .*Doubled"),
+    (_same_name_subclass, r"submodule '1' is a .*_same_name_subclass\.<locals>\.Conv2d"),
+    (lambda: nn.Sequential(nn.ReLU(), nn.ModuleList([nn.ReLU()])), r"'1' is a .*ModuleList"),
+    (_hooked, r"submodule '0' \(Conv2d\) has hooks"),
+    (_extra_attribute, r"'0' \(Conv2d\) has attributes .*\['stem'\]"),
+    (_own_forward, r"the backbone itself \(Sequential\) has attributes .*\['forward'\]"),
+    (_shared_module, r"submodule '2' is the same module object"),
+    (_shared_weight, r"'1\.weight' is the same tensor as '0\.weight'"),
+    (lambda: nn.Sequential(nn.Conv2d(3, np.int64(4), 1)), r"out_channels .* not a JSON value"),
+], ids=["custom", "subclass", "same-name-subclass", "modulelist", "hook", "attribute",
+        "forward", "shared-module", "shared-weight", "numpy-int"])
+def test_what_is_not_described_keeps_the_backbone_route(make, match):
+    spec = _backbone_spec(make(), _Writer())
+    assert spec["kind"] == "module"
+    assert re.search(match, spec["unsupported"]), spec["unsupported"]
+
+
+def _sequential_backbone():
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
+            nn.Sequential(nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8),
+                          nn.LeakyReLU(0.1)),
+            nn.MaxPool2d(2),
+        )
+
+
+@pytest.fixture(scope="module")
+def sequential_fitted(bar_data):
+    return tiny_classifier(backbone=_sequential_backbone(), joint_epochs=1).fit(*bar_data)
+
+
+def test_sequential_backbone_loads_without_an_instance(sequential_fitted, bar_data, tmp_path):
+    images, labels = bar_data
+    sequential_fitted.save(tmp_path / "m")
+    assert _meta(tmp_path / "m")["params"]["backbone"]["kind"] == "torch_nn"
+    rng = torch.get_rng_state()
+    loaded = ProtoPNetClassifier.load(tmp_path / "m")
+    assert torch.equal(torch.get_rng_state(), rng)  # nothing was randomly initialised
+    np.testing.assert_array_equal(loaded.predict_proba(images),
+                                  sequential_fitted.predict_proba(images))
+    np.testing.assert_array_equal(loaded.transform(images), sequential_fitted.transform(images))
+    np.testing.assert_array_equal(loaded.predict(images), sequential_fitted.predict(images))
+    # the backbone parameter: a new nn.Sequential, the same in structure and weights
+    assert type(loaded.backbone) is nn.Sequential
+    assert loaded.backbone is not sequential_fitted.backbone
+    _assert_same_module(sequential_fitted.backbone, loaded.backbone)
+    for key, value in fitted_attributes(sequential_fitted).items():
+        assert_same(value, getattr(loaded, key), key)
+    # so a refit of the loaded model starts where the original fit started
+    refit = clone(loaded).fit(images, labels)
+    np.testing.assert_array_equal(refit.predict_proba(images),
+                                  sequential_fitted.predict_proba(images))
+
+
+def test_files_with_the_module_kind_still_load(sequential_fitted, bar_data, tmp_path):
+    """A file written before torch.nn backbones were described (kind "module")."""
+    images, _ = bar_data
+    sequential_fitted.save(tmp_path / "new")
+    meta = _meta(tmp_path / "new")
+    spec = meta["params"]["backbone"]
+    meta["params"]["backbone"] = {"kind": "module", "class": spec["class"],
+                                  "state": spec["state"]}
+    _rewrite(tmp_path / "new", tmp_path / "old", meta=meta)
+    with pytest.raises(ValueError, match=r"Sequential, which the model file cannot rebuild\. "
+                                         r"Pass an instance like it"):
+        ProtoPNetClassifier.load(tmp_path / "old")
+    loaded = ProtoPNetClassifier.load(tmp_path / "old", backbone=_sequential_backbone())
+    np.testing.assert_array_equal(loaded.predict_proba(images),
+                                  sequential_fitted.predict_proba(images))
+
+
+class Gate(nn.Module):
+    """A layer of the user's own: not describable as data."""
+
+    def forward(self, x):
+        return x * torch.sigmoid(x)
+
+
+def test_sequential_with_a_custom_module_needs_an_instance(bar_data, tmp_path):
+    images, labels = bar_data
+
+    def backbone():
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8),
+                                 nn.Sequential(nn.ReLU(), Gate()))
+
+    clf = tiny_classifier(backbone=backbone(), joint_epochs=1).fit(images, labels)
+    clf.save(tmp_path / "m")
+    with pytest.raises(ValueError, match=r"class torch\.nn\.modules\.container\.Sequential, "
+                                         r".*its submodule '2\.1' is a .*test_persistence\.Gate"
+                                         r".*backbone="):
+        ProtoPNetClassifier.load(tmp_path / "m")
+    loaded = ProtoPNetClassifier.load(tmp_path / "m", backbone=backbone())
+    np.testing.assert_array_equal(loaded.predict_proba(images), clf.predict_proba(images))
+
+
+def _conv_node(**changes):
+    args = {"in_channels": 3, "out_channels": 8, "kernel_size": 3, "stride": 1, "padding": 1,
+            "dilation": 1, "groups": 1, "bias": False, "padding_mode": "zeros"}
+    args.update(changes)
+    return {"class": "Conv2d", "args": {k: v for k, v in args.items() if v is not None}}
+
+
+def test_crafted_backbone_descriptions_are_refused(sequential_fitted, tmp_path):
+    import base64
+
+    canary = str(tmp_path / "canary")
+    blob = base64.b64encode(pickle.dumps(_Canary(canary))).decode()
+    sequential_fitted.save(tmp_path / "good")
+    for tree, match in [
+        ({"class": "os.system", "args": {"command": f"touch {canary}"}},
+         r"layer 'os\.system' at the backbone itself is not supported"),
+        ({"class": "torch.nn.Module", "args": {}}, "'torch.nn.Module' .* not supported"),
+        ({"class": "Sequential", "children": [["0", {"class": "Conv2dX", "args": {}}]]},
+         r"'Conv2dX' at its submodule '0' is not supported"),
+        ({"class": "__builtins__", "args": {}}, "not supported"),
+        ({"class": "Module", "children": []}, "not supported"),
+        ({"class": "ModuleList", "children": []}, "not supported"),
+        (_conv_node(device="cuda"), r"unsupported arguments \['device'\]"),
+        (_conv_node(groups=None), r"lacks \['groups'\]"),
+        (_conv_node(padding={"kind": "pickle", "data": blob}), "not a plain JSON value"),
+        (_conv_node(padding={"kind": "ndarray", "dtype": "<i8", "shape": [1],
+                             "tensor": "x"}), "not a plain JSON value"),
+        (_conv_node(padding={"kind": "dataclass", "class": "CellGeometry", "fields": {}}),
+         "not a plain JSON value"),
+        (_conv_node(padding={"kind": "tuple", "items": [1, {"kind": "random_state"}]}),
+         "not a plain JSON value"),
+        (_conv_node(kernel_size="big"), "cannot build the Conv2d"),
+        (_conv_node(out_channels=10**30), "cannot build the Conv2d"),
+        (_conv_node(out_channels=10**6, in_channels=10**6),  # meta: nothing is allocated
+         "does not match"),
+        ({"class": "Conv2d", "args": {}, "children": []}, "exactly a dict of arguments"),
+        ({"class": "Sequential", "children": [["a.b", {"class": "ReLU",
+                                                        "args": {"inplace": False}}]]},
+         "not a .unique name, node. pair"),
+        ({"class": "Sequential", "children": [["training", {"class": "Identity",
+                                                             "args": {}}]]},
+         "the Sequential at the backbone itself"),
+        ({"class": "Sequential", "children": {"0": {}}}, "exactly a list of children"),
+        (["Conv2d"], "not a node"),
+    ]:
+        meta = _meta(tmp_path / "good")
+        meta["params"]["backbone"]["tree"] = tree
+        _rewrite(tmp_path / "good", tmp_path / "evil", meta=meta)
+        with pytest.raises(ValueError, match=match):
+            ProtoPNetClassifier.load(tmp_path / "evil")
+    assert not os.path.exists(canary)
