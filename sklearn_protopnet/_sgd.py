@@ -4,8 +4,9 @@
 ``get_loss`` adds the cluster and separation terms,
 ``get_all_learnable_params`` hands the optimiser only the unfrozen parts,
 ``infer`` and ``train_step`` add mixed precision and channels-last, and
-:class:`StepDecay` (a callback) sets the joint stage's step-decay schedule.
-One ``partial_fit`` call is one epoch; the staged loop of
+:class:`StepDecay` (a callback) sets the joint stage's step-decay schedule
+and :class:`BatchProgress` (another) advances the progress bar of
+``verbose=1``. One ``partial_fit`` call is one epoch; the staged loop of
 :mod:`._training` decides which parts learn in it.
 
 skorch's ``partial_fit`` catches ``KeyboardInterrupt`` around ``fit_loop``
@@ -166,4 +167,40 @@ class StepDecay(Callback):
             group["lr"] = group["base_lr"] * factor
 
 
-__all__ = ["BATCH_METRICS", "ProtoPNetNet", "StepDecay"]
+class BatchProgress(Callback):
+    """Advance ``bar`` by one per batch, showing the epoch's running means.
+
+    ``bar`` is a tqdm bar set by the staged loop for each epoch (None: no
+    bar, the callback does nothing). Its postfix holds the running means,
+    over the epoch's training batches so far, of the loss and the batch
+    metrics, kept as sums so that a batch costs the same at any point.
+    """
+
+    #: what the postfix shows: label, history key of the batch
+    SHOWN = (("loss", "train_loss"), ("ce", "train_ce"), ("clst", "train_cluster"),
+             ("sep", "train_separation"), ("acc", "train_acc"))
+
+    def __init__(self):
+        self.bar = None
+        self._sums = {}
+        self._images = 0
+
+    def on_epoch_begin(self, net, **kwargs):
+        self._sums = dict.fromkeys([key for _, key in self.SHOWN], 0.0)
+        self._images = 0
+
+    def on_batch_end(self, net, batch=None, training=False, **kwargs):
+        if self.bar is None:
+            return
+        if training:
+            row = net.history[-1, "batches", -1]
+            n = row["train_batch_size"]
+            self._images += n
+            for key in self._sums:
+                self._sums[key] += row[key] * n
+            self.bar.set_postfix({label: f"{self._sums[key] / self._images:.4g}"
+                                  for label, key in self.SHOWN}, refresh=False)
+        self.bar.update(1)
+
+
+__all__ = ["BATCH_METRICS", "BatchProgress", "ProtoPNetNet", "StepDecay"]

@@ -12,13 +12,20 @@ initialisation, one step per SGD epoch (warm-up, then joint; through skorch,
 :mod:`._sgd`), and a push (:mod:`._push`) and a convex last layer
 (:mod:`._last_layer`) on the push schedule and at the end. A checkpoint can
 follow every step.
+
+``verbose=1`` is :class:`Progress`: one line per epoch, push and last-layer
+solve, and, in a terminal or a notebook, tqdm progress bars of the stages,
+batches and images.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import math
 import numbers
+import sys
 import time
 import warnings
 
@@ -45,7 +52,7 @@ from ._last_layer import solve_last_layer
 from ._network import ProtoPNet, off_class_l1
 from ._params import image_size_pair
 from ._push import PushResult, push_prototypes
-from ._sgd import BATCH_METRICS, ProtoPNetNet, StepDecay
+from ._sgd import BATCH_METRICS, BatchProgress, ProtoPNetNet, StepDecay
 
 
 # ----------------------------------------------------------------------------
@@ -90,7 +97,7 @@ def train(hp, source, y_enc: np.ndarray, classes: np.ndarray, device: torch.devi
 
     The global random states (torch, numpy, ``random``) are left as they were.
     """
-    log = print if hp.verbose else (lambda *a, **k: None)
+    log = Progress(hp.verbose)
     seed = draw_seed(hp.random_state)
     checkpoint = None
     if hp.checkpoint_dir is not None:
@@ -176,6 +183,97 @@ def _augmentation(augment, image_size):
 
 
 # ----------------------------------------------------------------------------
+# what verbose shows
+# ----------------------------------------------------------------------------
+def _bar_class():
+    """The tqdm class to draw bars with on ``sys.stdout``, or None.
+
+    ``tqdm.auto`` picks the notebook widget in Jupyter (with ipywidgets) and
+    the terminal bar elsewhere; the terminal bar is drawn only when stdout is
+    a terminal, as a log file, a pipe or a captured stream would get every
+    redraw as one more carriage-return-separated line.
+    """
+    from tqdm.auto import tqdm
+    from tqdm.notebook import tqdm as notebook_tqdm
+
+    if issubclass(tqdm, notebook_tqdm):
+        return tqdm
+    isatty = getattr(sys.stdout, "isatty", None)
+    try:
+        return tqdm if isatty is not None and isatty() else None
+    except ValueError:  # a closed stream
+        return None
+
+
+class _NoBar:
+    """What :meth:`Progress.bar` gives where no bar is drawn."""
+
+    def update(self, n=1):
+        pass
+
+    def set_postfix(self, *args, **kwargs):
+        pass
+
+    def set_postfix_str(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
+class Progress:
+    """What ``verbose`` shows, on ``sys.stdout``.
+
+    ``verbose=0``: nothing. ``verbose=1``: calling it prints a message as one
+    line; where bars can be drawn (:func:`_bar_class`) the messages are
+    written above the bars (``tqdm.write``) and :meth:`bar` makes tqdm bars,
+    elsewhere :meth:`bar` makes stand-ins that draw nothing, so that a log
+    file holds the messages only.
+    """
+
+    def __init__(self, verbose):
+        self.enabled = bool(verbose)
+        self._tqdm = _bar_class() if self.enabled else None
+
+    @property
+    def draws_bars(self) -> bool:
+        return self._tqdm is not None
+
+    def __call__(self, message: str) -> None:
+        if not self.enabled:
+            return
+        if self._tqdm is not None:
+            self._tqdm.write(message, file=sys.stdout)
+        else:
+            print(message, flush=True)
+
+    def bar(self, desc: str, total=None, unit: str = "it", initial: int = 0):
+        """A bar (cleared when closed: the messages are the lasting record)."""
+        if self._tqdm is None:
+            return _NoBar()
+        return self._tqdm(desc=desc, total=total, unit=unit, initial=initial, leave=False,
+                          file=sys.stdout, dynamic_ncols=True)
+
+    @contextlib.contextmanager
+    def images(self, module, desc: str, total=None):
+        """A bar over the images of the passes run inside, for the steps
+        that are not skorch epochs (initialisation, push, last layer's
+        features): a forward hook on the backbone counts each batch."""
+        bar = self.bar(desc, total=total, unit="img")
+
+        def count(_module, inputs, _output):  # returns None: the output is kept
+            bar.update(len(inputs[0]))
+
+        handle = module.backbone.register_forward_hook(count) if self.draws_bars else None
+        try:
+            yield bar
+        finally:
+            if handle is not None:
+                handle.remove()
+            bar.close()
+
+
+# ----------------------------------------------------------------------------
 # the staged loop
 # ----------------------------------------------------------------------------
 def push_epochs(warm_epochs: int, joint_epochs: int, start: int, interval: int) -> list[int]:
@@ -206,8 +304,11 @@ def training_steps(total: int, pushes: set) -> list[tuple[int, str]]:
     return steps
 
 
-def _make_net(module, train_dataset, valid_dataset, hp, device, decay) -> ProtoPNetNet:
+def _make_net(module, train_dataset, valid_dataset, hp, device, decay,
+              batch_progress=None) -> ProtoPNetNet:
     callbacks = [("step_decay", decay)]
+    if batch_progress is not None:
+        callbacks.append(("batch_progress", batch_progress))
     for prefix, on_train in (("train_", True), ("valid_", False)):
         if on_train or valid_dataset is not None:
             # the epoch means only: the *_best flags are the loop's (best_flags)
@@ -255,27 +356,43 @@ def fit_stages(module, dataset, train_dataset, valid_dataset, y_enc, hp, device,
                history: list, checkpoint=None) -> PushResult:
     """Train ``module`` in place; return the push result of the final push.
 
-    Records of every step are appended to ``history``. With a
+    Records of every step are appended to ``history``; ``log`` is the
+    fit's :class:`Progress` (messages and bars). With a
     :class:`~._checkpoint.Checkpoint`, the training state is saved after
     every step (see :func:`training_steps`), and a checkpoint holding a
     state resumes after its last completed step.
     """
     decay = StepDecay(hp.joint_lr_step, hp.joint_lr_gamma)
-    net = _make_net(module, train_dataset, valid_dataset, hp, device, decay)
+    batch_progress = BatchProgress()
+    net = _make_net(module, train_dataset, valid_dataset, hp, device, decay, batch_progress)
     pushes = set(push_epochs(hp.warm_epochs, hp.joint_epochs, hp.push_start,
                              hp.push_interval))
     steps = training_steps(hp.warm_epochs + hp.joint_epochs, pushes)
     net.initialize()
-    loop = _Loop(module, net, decay, hp, device, log, history)
+    loop = _Loop(module, net, decay, hp, device, log, history, batch_progress,
+                 _batches_per_epoch(len(train_dataset), valid_dataset, hp.batch_size))
     first = 0
     if checkpoint is not None and checkpoint.state is not None:
         first = loop.restore(checkpoint.state)
-    for index in range(first, len(steps)):
-        epoch, kind = steps[index]
-        loop.run(kind, epoch, dataset, train_dataset, y_enc)
-        if checkpoint is not None:
-            checkpoint.save(loop.state(index))
+    try:
+        for index in range(first, len(steps)):
+            epoch, kind = steps[index]
+            loop.run(kind, epoch, dataset, train_dataset, y_enc)
+            if checkpoint is not None:
+                checkpoint.save(loop.state(index))
+    finally:
+        loop.close_bars()  # also on Ctrl-C: the terminal is left clean
     return loop.result
+
+
+def _batches_per_epoch(n_train: int, valid_dataset, batch_size: int) -> int:
+    """Training and validation batches of one epoch (see ``drop_last`` in
+    :func:`_make_net`)."""
+    drop_last = n_train % batch_size == 1
+    n = n_train // batch_size if drop_last else math.ceil(n_train / batch_size)
+    if valid_dataset is not None:
+        n += math.ceil(len(valid_dataset) / batch_size)
+    return n
 
 
 class _Loop:
@@ -286,17 +403,21 @@ class _Loop:
     current stage, the last push result, the history and the RNG states.
     """
 
-    def __init__(self, module, net, decay, hp, device, log, history):
+    def __init__(self, module, net, decay, hp, device, log, history, batch_progress=None,
+                 batches_per_epoch=None):
         self.module = module
         self.net = net
         self.decay = decay
         self.hp = hp
         self.device = device
-        self.log = log
+        self.log = log  # a Progress
         self.history = history
         self.stage = None
         self.stage_start = 0
         self.result = None
+        self.batch_progress = batch_progress
+        self.batches_per_epoch = batches_per_epoch
+        self._stage_bar = None  # (stage, bar) of the stage running
 
     def _enter_stage(self, stage: str, stage_start: int) -> None:
         self.stage = stage
@@ -310,22 +431,24 @@ class _Loop:
         hp, module = self.hp, self.module
         if kind == "init":
             t0 = time.perf_counter()
-            layers = calibrate_batchnorm(module, dataset, hp.batch_size, self.device,
-                                         hp.num_workers)
-            if layers:
-                dur = time.perf_counter() - t0
-                self.history.append({"stage": "batchnorm_calibration", "epoch": 0,
-                                     "layers": layers, "dur": dur})
-                self.log(f"[batchnorm] {layers} untrained BatchNorm layers calibrated on "
-                         f"the training images in {dur:.1f}s")
-            initialise_prototypes(hp.prototype_init, module, dataset, y_enc, hp.batch_size,
-                                  self.device, hp.num_workers)
+            with self.log.images(module, "initialisation"):
+                layers = calibrate_batchnorm(module, dataset, hp.batch_size, self.device,
+                                             hp.num_workers)
+                if layers:
+                    dur = time.perf_counter() - t0
+                    self.history.append({"stage": "batchnorm_calibration", "epoch": 0,
+                                         "layers": layers, "dur": dur})
+                    self.log(f"[batchnorm] {layers} untrained BatchNorm layers calibrated "
+                             f"on the training images in {dur:.1f}s")
+                initialise_prototypes(hp.prototype_init, module, dataset, y_enc,
+                                      hp.batch_size, self.device, hp.num_workers)
         elif kind == "sgd":
             stage = "warm" if epoch <= hp.warm_epochs else "joint"
             if stage != self.stage:
                 self._enter_stage(stage, epoch)
             self.decay.stage_epoch = epoch - self.stage_start
-            self.net.partial_fit(train_dataset, y=None)
+            stage_bar = self._bar_of_stage(stage, epoch)
+            self._sgd_epoch(train_dataset, epoch)
             # skorch's own *_best flags (of its default loss callbacks) count
             # from the start of this net only, so a resumed fit would differ
             record = _plain({k: v for k, v in self.net.history[-1].items()
@@ -333,6 +456,9 @@ class _Loop:
             record.update(stage=stage, epoch=epoch)
             record.update(best_flags(record, self.history))
             self.history.append(record)
+            stage_bar.update(1)
+            stage_bar.set_postfix({k.removeprefix("train_"): f"{record[k]:.4g}" for k in
+                                   ("train_loss", "train_acc", "valid_acc") if k in record})
             self.log(_format_epoch(record, hp.warm_epochs + hp.joint_epochs))
         elif kind == "push":
             self.result = self._push(dataset, y_enc, epoch)
@@ -341,12 +467,44 @@ class _Loop:
         else:  # pragma: no cover - the step list is built above
             raise ValueError(f"unknown training step {kind!r}")
 
+    def _bar_of_stage(self, stage: str, epoch: int):
+        """The bar over the epochs of ``stage``, made at its first epoch run
+        (after a resume, starting at the epochs done)."""
+        if self._stage_bar is not None and self._stage_bar[0] == stage:
+            return self._stage_bar[1]
+        self.close_bars()
+        hp = self.hp
+        first, total = (1, hp.warm_epochs) if stage == "warm" else (hp.warm_epochs + 1,
+                                                                   hp.joint_epochs)
+        bar = self.log.bar(stage, total=total, unit="epoch", initial=epoch - first)
+        self._stage_bar = (stage, bar)
+        return bar
+
+    def _sgd_epoch(self, train_dataset, epoch: int) -> None:
+        """One skorch epoch, with a bar over its batches."""
+        bar = self.log.bar(f"epoch {epoch}", total=self.batches_per_epoch, unit="batch")
+        if self.batch_progress is not None and self.log.draws_bars:
+            self.batch_progress.bar = bar
+        try:
+            self.net.partial_fit(train_dataset, y=None)
+        finally:
+            if self.batch_progress is not None:
+                self.batch_progress.bar = None
+            bar.close()
+
+    def close_bars(self) -> None:
+        """Close the bar of the stage running, if any."""
+        if self._stage_bar is not None:
+            self._stage_bar[1].close()
+            self._stage_bar = None
+
     def _push(self, dataset, y_enc, epoch) -> PushResult:
         """Project the prototypes and record it in the history."""
         hp = self.hp
         t0 = time.perf_counter()
-        result = push_prototypes(self.module, dataset, y_enc, hp.batch_size, self.device,
-                                 hp.num_workers)
+        with self.log.images(self.module, f"push after epoch {epoch}", total=len(dataset)):
+            result = push_prototypes(self.module, dataset, y_enc, hp.batch_size,
+                                     self.device, hp.num_workers)
         dur = time.perf_counter() - t0
         moved = float(result.distance.mean())
         self.history.append({"stage": "push", "epoch": epoch, "dur": dur,
@@ -359,12 +517,16 @@ class _Loop:
         """Solve the last layer to optimality on similarities computed once."""
         hp, module = self.hp, self.module
         t0 = time.perf_counter()
-        _, S = similarities(module, dataset, hp.batch_size, self.device, hp.num_workers)
-        t1 = time.perf_counter()
-        own = module.own_class_mask().cpu().numpy()
-        W0 = module.last_layer.weight.detach().cpu().double().numpy()
-        sol = solve_last_layer(S, y_enc, own, hp.last_layer_l1, hp.last_layer_l2, W0,
-                               tol=hp.last_layer_tol, max_iter=hp.last_layer_max_iter)
+        with self.log.images(module, f"last layer after epoch {epoch}",
+                             total=len(dataset)) as bar:
+            _, S = similarities(module, dataset, hp.batch_size, self.device,
+                                hp.num_workers)
+            t1 = time.perf_counter()
+            bar.set_postfix_str("solving")
+            own = module.own_class_mask().cpu().numpy()
+            W0 = module.last_layer.weight.detach().cpu().double().numpy()
+            sol = solve_last_layer(S, y_enc, own, hp.last_layer_l1, hp.last_layer_l2, W0,
+                                   tol=hp.last_layer_tol, max_iter=hp.last_layer_max_iter)
         with torch.no_grad():
             module.last_layer.weight.copy_(torch.from_numpy(sol.weight))
         t2 = time.perf_counter()
@@ -479,5 +641,5 @@ def _format_epoch(record, total) -> str:
     return " ".join(parts)
 
 
-__all__ = ["HIGHER_IS_BETTER", "best_flags", "draw_seed", "fit_stages", "push_epochs",
-           "resolve_auto", "train", "training_steps"]
+__all__ = ["HIGHER_IS_BETTER", "Progress", "best_flags", "draw_seed", "fit_stages",
+           "push_epochs", "resolve_auto", "train", "training_steps"]
