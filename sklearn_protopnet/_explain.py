@@ -421,7 +421,8 @@ def _shrunk(img: Image.Image, max_side: int) -> np.ndarray:
 
 @torch.no_grad()
 def prototype_parts(module, source: ImageSource, source_index, geometry: CellGeometry,
-                    image_size, percentile: float, batch_size: int, cache=None) -> dict:
+                    image_size, percentile: float, batch_size: int, cache=None,
+                    device="cpu") -> dict:
     """Fitted attributes holding each prototype's source, box, crop and thumbnail.
 
     The box is the same rule as for test images: the prototype's similarity
@@ -437,8 +438,8 @@ def prototype_parts(module, source: ImageSource, source_index, geometry: CellGeo
     sizes = np.zeros((m, 2), dtype=np.int64)
     crops, thumbs = [None] * m, [None] * m
     # one source image at full size at a time: decoded, used by its prototypes, dropped
-    for start, _, _, dist in forward_batches(module, dataset, batch_size, "cpu"):
-        maps = module.similarity(dist).float().numpy()
+    for start, _, _, dist in forward_batches(module, dataset, batch_size, device):
+        maps = module.similarity(dist).float().cpu().numpy()
         for b, i in enumerate(unique[start : start + len(maps)]):
             img = source.open(int(i))
             width, height = img.size

@@ -341,6 +341,14 @@ def decode_all(source: ImageSource, image_size, num_workers: int = 0) -> torch.T
     return out
 
 
+def check_decodable(source: ImageSource, image_size, num_workers: int = 0) -> None:
+    """Decode every image once, keeping none: a file whose header is valid but
+    whose data is not (truncated, corrupt) raises an ``OSError`` naming it."""
+    for _ in iterate_batches(ImageDataset(source, image_size), 64, "cpu", num_workers,
+                             torch.Generator().manual_seed(0)):
+        pass
+
+
 def make_augmentation(image_size):
     """The default SGD-stage augmentation, on uint8 tensors.
 

@@ -228,8 +228,8 @@ HYPERPARAMETERS: tuple[Param, ...] = (
         nearest prototype of another class), subtracted in the SGD loss."""),
     Param("last_layer_l1", 1e-4, [_positive()], "float", """
         L1 penalty on the last-layer weights that link a prototype to
-        another class, in the SGD loss and in the convex last-layer
-        problem."""),
+        another class, in the convex last-layer problem (the SGD stages keep
+        the last layer frozen, so the term would be a constant there)."""),
     Param("last_layer_l2", 1e-4, [_positive()], "float", """
         Small ridge penalty that makes the last-layer problem strongly convex
         so that its minimum exists (see the docs); 0 gives the reference
@@ -273,8 +273,11 @@ HYPERPARAMETERS: tuple[Param, ...] = (
         augmentation, the validation split): one int gives one model. On the
         command line the default is 0.""", cli=int, cli_default=0),
     Param("verbose", 0, ["verbose"], "int", """
-        1 prints each epoch's losses and the push and last-layer timings; 0
-        prints nothing. On the command line, ``--quiet`` sets 0.""",
+        1 shows progress bars per stage in a terminal or notebook (epochs,
+        batches with the running losses, push and last layer) and prints
+        each epoch's losses and the push and last-layer timings, as plain
+        lines when the output is a file or pipe; 0 prints nothing. On the
+        command line, ``--quiet`` sets 0.""",
           cli=None, in_identity=False),
     Param("box_percentile", 95.0, [Interval(numbers.Real, 0, 100, closed="both")], "float", """
         The box of a prototype (at the end of ``fit``) and of an evidence item

@@ -46,7 +46,7 @@ from ._checkpoint import (
 )
 from ._explain import prototype_parts
 from ._geometry import cell_geometry
-from ._images import ImageDataset, decode_all, make_augmentation
+from ._images import ImageDataset, check_decodable, decode_all, make_augmentation
 from ._init import calibrate_batchnorm, initialise_prototypes
 from ._last_layer import solve_last_layer
 from ._network import ProtoPNet, off_class_l1
@@ -120,6 +120,7 @@ def _train(hp, source, y_enc, classes, device, seed, log, checkpoint) -> dict:
     image_size = image_size_pair(hp.image_size)
     built = build_backbone(hp.backbone, hp.weights, hp.normalize)
     channels, h, w = probe_backbone(built.module, image_size)
+    _check_batch_norm_can_train(built.module, hp, (h, w))
     geometry = cell_geometry(built.module, image_size, (h, w))
     n_classes = len(classes)
     prototype_class = torch.arange(n_classes).repeat_interleave(hp.prototypes_per_class)
@@ -144,9 +145,12 @@ def _train(hp, source, y_enc, classes, device, seed, log, checkpoint) -> dict:
     push = fit_stages(module, dataset, train_dataset, valid_dataset, y_enc, hp, device, log,
                       history, checkpoint=checkpoint)
     module.set_trainable(backbone=False, add_on=False, prototypes=False)
-    module.cpu().eval()
+    module.eval()
+    # the prototypes' boxes and crops on the training device, then the fitted
+    # network goes to the CPU, where fitted state lives
     parts = prototype_parts(module, source, push.source_index, geometry, image_size,
-                            hp.box_percentile, hp.batch_size, cache=cache)
+                            hp.box_percentile, hp.batch_size, cache=cache, device=device)
+    module.cpu()
     log(f"[done] fit in {time.perf_counter() - t_start:.1f}s")
     return parts | {
         "classes_": classes,
@@ -160,13 +164,34 @@ def _train(hp, source, y_enc, classes, device, seed, log, checkpoint) -> dict:
     }
 
 
+def _check_batch_norm_can_train(backbone, hp, feature_map_shape) -> None:
+    """Refuse, before any image is decoded, a batch of one image that
+    BatchNorm cannot normalise: one value per channel on a 1 x 1 map."""
+    has_batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                         for m in backbone.modules())
+    if hp.batch_size == 1 and tuple(feature_map_shape) == (1, 1) and has_batch_norm:
+        raise ValueError(
+            f"batch_size=1 cannot train this backbone: its feature map is 1 x 1 at "
+            f"image_size={hp.image_size!r}, and its BatchNorm layers cannot normalise a "
+            "single value per channel. Use batch_size >= 2, or a larger image_size."
+        )
+
+
 def _decode_within_budget(source, image_size, hp, log):
-    """The decoded images as one uint8 tensor, or None to stream them."""
+    """The decoded images as one uint8 tensor, or None to stream them.
+
+    Images that will be streamed are still decoded once here, and dropped, so
+    that a file that cannot be decoded (a valid header over truncated data)
+    is named before training rather than in the middle of an epoch.
+    """
     n = len(source)
     decoded_bytes = n * 3 * image_size[0] * image_size[1]
     if decoded_bytes > hp.memory_budget:
+        t0 = time.perf_counter()
+        check_decodable(source, image_size, hp.num_workers)
         log(f"[data] {decoded_bytes / 2**20:.0f} MiB of decoded images exceed "
-            "memory_budget; streaming from files")
+            f"memory_budget; every file decodes ({time.perf_counter() - t0:.1f}s), "
+            "streaming from files")
         return None
     t0 = time.perf_counter()
     cache = decode_all(source, image_size, hp.num_workers)
