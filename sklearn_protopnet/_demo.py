@@ -60,7 +60,6 @@ def demo_classifier(random_state: int = 0, verbose: int = 1):
 
 def run_demo(out_dir: str, verbose: int = 1) -> dict:
     """Fit on the digits' file paths, report test accuracy, save the model and pictures."""
-    import joblib
     from sklearn.model_selection import train_test_split
 
     t0 = time.perf_counter()
@@ -73,8 +72,8 @@ def run_demo(out_dir: str, verbose: int = 1) -> dict:
     clf = demo_classifier(verbose=verbose)
     clf.fit(X_train, y_train)
     accuracy = clf.score(X_test, y_test)
-    model_path = os.path.join(out_dir, "model.joblib")
-    joblib.dump(clf, model_path)
+    model_path = os.path.join(out_dir, "model.protopnet")
+    clf.save(model_path)
     print(f"test accuracy: {accuracy:.3f} on {len(X_test)} held-out images")
     print(f"model saved to {model_path}")
     pictures = write_explanations(clf, X_test[:N_SHEETS], out_dir)

@@ -188,13 +188,31 @@ def test_mixed_precision_sgd_keeps_float32_push_and_exact_logits(bar_data):
     from sklearn_protopnet._training import train
 
     X, y = bar_data
-    dtypes = []
+    calls = []  # per forward pass of a backbone: (module, output dtype, grad enabled, training)
     clf = tiny_classifier(mixed_precision=True, device="cpu", joint_epochs=1)
-    clf.backbone.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+    clf.backbone.register_forward_hook(  # copied with the backbone into the fitted network
+        lambda m, i, out: calls.append((m, out.dtype, torch.is_grad_enabled(), m.training)))
     state = train(Hyperparameters.of(clf), check_images(X), y.astype(np.int64),
                   np.array([0, 1]), torch.device("cpu"))
     clf.__dict__.update(state)
-    assert torch.bfloat16 in dtypes and torch.float32 in dtypes
+    n_fit = len(calls)
+    clf.decision_function(X)
+    # the passes of the fitted network's backbone (not of the geometry probe's copy)
+    passes = [(k, dtype, grad, training) for k, (m, dtype, grad, training) in enumerate(calls)
+              if m is clf.module_.backbone]
+    sgd = [(k, dtype, training) for k, dtype, grad, training in passes if grad]
+    # warm-up and joint epoch, 40 images in batches of 16: six SGD passes, all in
+    # bfloat16, the joint epoch's with the backbone in training mode
+    assert len(sgd) == 6
+    assert [(k, dtype) for k, dtype, _ in sgd if dtype != torch.bfloat16] == []
+    assert [training for _, _, training in sgd] == [False] * 3 + [True] * 3
+    assert all(grad for _, _, grad, training in passes if training)
+    # every other pass (calibration, push, last layer, parts, inference) in float32
+    no_grad = [(k, dtype) for k, dtype, grad, _ in passes if not grad]
+    assert [(k, dtype) for k, dtype in no_grad if dtype != torch.float32] == []
+    last_sgd = sgd[-1][0]
+    assert any(last_sgd < k < n_fit for k, _ in no_grad)  # push, last layer and parts
+    assert any(k >= n_fit for k, _ in no_grad)  # decision_function
     assert all(np.isfinite(r["train_loss"]) for r in clf.history_ if "train_loss" in r)
     assert clf.module_.prototypes.dtype == torch.float32
     np.testing.assert_allclose(clf.decision_function(X), clf.transform(X) @ clf.coef_.T,

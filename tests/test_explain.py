@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from sklearn_protopnet._explain import Evidence, Explanation
+from sklearn_protopnet._geometry import CellGeometry
 
 from .conftest import make_bar_images, tiny_classifier, write_pngs
 
@@ -94,10 +95,27 @@ def test_boxes_are_in_original_pixels(fitted, new_images):
             x0, y0, x1, y1 = item.box
             assert 0 <= x0 < x1 <= 50 and 0 <= y0 < y1 <= 30
             assert item.activation_map.shape == (30, 50)
-            # the box holds the map's top pixels (the box rule)
-            a = item.activation_map
-            top = a >= np.percentile(a, 95)
-            assert top[y0:y1, x0:x1].sum() == top.sum()
+            # the map's peak, in original pixels, lies in the box
+            r, c = np.unravel_index(np.argmax(item.activation_map), (30, 50))
+            assert x0 <= c < x1 and y0 <= r < y1
+    # the box rule on a hand-made map whose boxes are known: one latent cell per
+    # original pixel, so the upsampled map is the map itself; 75 pixels (5%) at
+    # 1, 50 at 0.5, the rest 0
+    cell_map = np.zeros((30, 50))
+    cell_map[5:10, 20:35] = 1.0
+    cell_map[20:25, 0:10] = 0.5
+    geometry = CellGeometry(image_size=(30, 50), feature_map_shape=(30, 50), stride=(1.0, 1.0),
+                            offset=(0.0, 0.0), receptive_field=(1, 1))
+
+    def evidence(percentile):
+        return Evidence(prototype=0, prototype_class=0, explained_class=0, similarity=1.0,
+                        weight=1.0, contribution=1.0, location=(5, 20), similarity_map=cell_map,
+                        original_size=(50, 30), geometry=geometry, percentile=percentile)
+
+    np.testing.assert_array_equal(evidence(95).activation_map, cell_map)
+    assert evidence(95).box == (20, 5, 35, 10)  # the pixels at 1 only
+    assert evidence(92).box == (0, 5, 35, 25)  # the 92nd percentile is 0.5: both blocks
+    assert evidence(50).box == (0, 0, 50, 30)  # the median is 0: every pixel
 
 
 def test_boxes_follow_exif_orientation(fitted, tmp_path):
@@ -118,10 +136,19 @@ def test_boxes_follow_exif_orientation(fitted, tmp_path):
 def test_box_percentile(fitted, new_images):
     wide = fitted.explain(new_images[:2], top_k=None, box_percentile=50)
     narrow = fitted.explain(new_images[:2], top_k=None, box_percentile=99)
+    area = lambda box: (box[2] - box[0]) * (box[3] - box[1])  # noqa: E731
     for a, b in zip(wide, narrow):
+        width, height = a.original_size
         for p, q in zip(a.evidence, b.evidence):
-            area = lambda box: (box[2] - box[0]) * (box[3] - box[1])  # noqa: E731
-            assert area(p.box) >= area(q.box)
+            assert p.prototype == q.prototype
+            # at least half the pixels are >= the median, all inside the wide box
+            assert area(p.box) >= width * height / 2
+            # the top 1% are among the top half: the narrow box lies in the wide one,
+            # and is smaller
+            assert p.box[0] <= q.box[0] and p.box[1] <= q.box[1]
+            assert q.box[2] <= p.box[2] and q.box[3] <= p.box[3]
+            assert area(q.box) < area(p.box)
+        assert a.box_percentile == 50 and b.box_percentile == 99
 
 
 def test_one_box_rule_for_prototypes_and_test_images(fitted, new_images):
@@ -200,6 +227,7 @@ def test_array_input_has_no_source_path(bar_data):
     assert e._repr_png_().startswith(b"\x89PNG")
 
 
+@pytest.mark.slow
 def test_prototypes_and_top_evidence_find_a_planted_motif():
     """The class evidence is an 8 px motif among distractors both classes share.
 

@@ -81,12 +81,51 @@ def test_scoring_sheet_png(explanations, tmp_path):
     assert Image.open(io.BytesIO(png)).size == (width, height)
 
 
-def test_sheet_draws_the_boxes(explanations):
-    """The box drawn on the test image tile is where the evidence box is."""
+def _places(sheet, tile):
+    """(row, column) of every place where ``tile`` appears in ``sheet``, pixel for pixel."""
+    th, tw = tile.shape[:2]
+    corner = (sheet[: sheet.shape[0] - th + 1, : sheet.shape[1] - tw + 1] == tile[0, 0]).all(2)
+    return [(r, c) for r, c in zip(*np.nonzero(corner))
+            if np.array_equal(sheet[r : r + th, c : c + tw], tile)]
+
+
+def test_sheet_draws_the_boxes(explanations, monkeypatch):
+    """The box drawn on the test image tile is where the evidence box is: the
+    sheet differs from one drawn without these boxes exactly there."""
+    from sklearn_protopnet import _render
+    from sklearn_protopnet._geometry import upsample_map
+
     e = explanations[0]
-    sheet = np.asarray(scoring_sheet(e, image=Image.new("RGB", e.original_size, (0, 0, 0))))
-    box_colour = np.array([0, 200, 255])
-    assert (np.abs(sheet.astype(int) - box_colour).sum(axis=2) < 10).sum() > 50
+    image = Image.new("RGB", e.original_size, (0, 0, 0))
+    sheet = np.asarray(scoring_sheet(e, image=image)).astype(int)
+
+    def unboxed(tile, image_size, item):  # the test image's tile with its heat map only
+        return overlay(tile, upsample_map(item.similarity_map, item.geometry,
+                                          (tile.size[1], tile.size[0])))
+
+    monkeypatch.setattr(_render, "this_tile", unboxed)
+    plain = np.asarray(scoring_sheet(e, image=image)).astype(int)
+    monkeypatch.undo()
+    changed = (sheet != plain).any(axis=2)
+    assert changed.any(), "the sheet without the test image's boxes is the same sheet"
+    assert (np.abs(sheet[changed] - BOX).sum(axis=1) < 10).all()  # drawn in the box colour
+    tile = fit_tile(image)
+    sx, sy = tile.size[0] / e.original_size[0], tile.size[1] / e.original_size[1]
+    found = np.zeros_like(changed)
+    for item in e.evidence + e.evidence_for(e.runner_up):  # the sheet's two columns
+        places = _places(plain, np.asarray(unboxed(tile, e.original_size, item)).astype(int))
+        assert places, "the evidence's tile is not on the sheet"
+        x0, y0, x1, y1 = item.box
+        for r, c in places:
+            here = changed[r : r + tile.size[1], c : c + tile.size[0]]
+            rows, cols = np.flatnonzero(here.any(axis=1)), np.flatnonzero(here.any(axis=0))
+            assert len(rows), f"no box drawn on the tile of prototype {item.prototype}"
+            # the outline's extent on the tile is the evidence box, scaled
+            assert abs(cols[0] - x0 * sx) <= 1 and abs(cols[-1] + 1 - x1 * sx) <= 1
+            assert abs(rows[0] - y0 * sy) <= 1 and abs(rows[-1] + 1 - y1 * sy) <= 1
+            found[r : r + tile.size[1], c : c + tile.size[0]] |= here
+    # and nothing else changed: no box drawn elsewhere
+    np.testing.assert_array_equal(found, changed)
 
 
 def test_prototype_box_on_a_long_thin_source_is_drawn_where_it_is():
