@@ -99,6 +99,9 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
     box_percentile_ : float
         The box rule's percentile of ``prototype_box_`` and ``prototype_crop_``,
         and ``explain``'s default.
+    box_rule_ : str
+        The box rule of ``prototype_box_`` and ``prototype_crop_``, and
+        ``explain``'s default.
 
     Examples
     --------
@@ -359,7 +362,8 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         return self.classes_[np.argmax(logits, axis=1)]
 
     # -------------------------------------------------------- explanations
-    def explain(self, X, top_k=10, classes="predicted", box_percentile=None) -> list:
+    def explain(self, X, top_k=10, classes="predicted", box_percentile=None,
+                box_rule=None) -> list:
         """Explain the logits of each image of X, prototype by prototype.
 
         Parameters
@@ -377,6 +381,10 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
             the fit's (``box_percentile_``), the rule of the prototypes'
             boxes. Another value changes the test images' boxes only, and
             the sheets and the report say so.
+        box_rule : {"peak", "percentile"} or None, default=None
+            The box rule for the test images' boxes; None uses the fit's
+            (``box_rule_``). As with ``box_percentile``, another value
+            changes the test images' boxes only, and the sheets say so.
 
         Returns
         -------
@@ -386,7 +394,8 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "module_")
         from ._explain import explain
 
-        return explain(self, X, top_k=top_k, classes=classes, box_percentile=box_percentile)
+        return explain(self, X, top_k=top_k, classes=classes, box_percentile=box_percentile,
+                       box_rule=box_rule)
 
     def nearest_patches(self, X, k=6):
         """Each prototype's k nearest patches in X, one per image (the global view).

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from ._batches import forward_batches
-from ._geometry import CellGeometry, box_from_map, upsample_map
+from ._geometry import CellGeometry, box_from_map, peak_pixel, upsample_map
 from ._images import ImageDataset, ImageSource
 from ._maths import softmax
 from ._params import check_value
@@ -69,6 +69,8 @@ class Evidence:
         Where the latent cells lie on the network's input.
     percentile : float
         The box rule's percentile of :attr:`box`.
+    box_rule : {"peak", "percentile"}
+        The box rule of :attr:`box` (see ``ProtoPNetClassifier(box_rule=...)``).
     """
 
     prototype: int
@@ -82,11 +84,19 @@ class Evidence:
     original_size: tuple[int, int] = field(repr=False)
     geometry: CellGeometry = field(repr=False)
     percentile: float = field(repr=False, default=95.0)
+    box_rule: str = field(repr=False, default="peak")
 
     @cached_property
     def box(self) -> tuple[int, int, int, int]:
         """(x0, y0, x1, y1) by the box rule on :attr:`activation_map`."""
-        return box_from_map(self.activation_map, self.percentile)
+        return box_from_map(self.activation_map, self.percentile,
+                            self.peak if self.box_rule == "peak" else None)
+
+    @property
+    def peak(self) -> tuple[int, int]:
+        """(row, column), in original pixels, of the centre of the peak cell
+        (:attr:`location`): where the prototype's score comes from."""
+        return peak_pixel(self.location, self.geometry, self.original_size)
 
     @property
     def activation_map(self) -> np.ndarray:
@@ -121,6 +131,8 @@ class PrototypeParts:
         (width, height) of each source image as the user sees it.
     percentile : float
         The box rule's percentile of ``box`` and ``crop``, set at fit.
+    box_rule : {"peak", "percentile"}
+        The box rule of ``box`` and ``crop``, set at fit.
     """
 
     prototype_class: np.ndarray
@@ -131,6 +143,7 @@ class PrototypeParts:
     thumbnail: list
     original_size: np.ndarray
     percentile: float
+    box_rule: str
 
     @classmethod
     def of(cls, estimator) -> PrototypeParts:
@@ -154,6 +167,7 @@ class PrototypeParts:
             thumbnail=list(estimator.prototype_source_thumbnail_),
             original_size=np.asarray(estimator.prototype_original_size_),
             percentile=float(estimator.box_percentile_),
+            box_rule=str(estimator.box_rule_),
         )
 
     def source_name(self, j: int) -> str:
@@ -203,6 +217,8 @@ class Explanation:
         contributions add up to the logit.
     box_percentile : float
         The box rule's percentile of this image's evidence boxes.
+    box_rule : {"peak", "percentile"}
+        The box rule of this image's evidence boxes.
     prototypes : PrototypeParts
         The "that" side: every prototype's crop, source and box.
     """
@@ -219,6 +235,7 @@ class Explanation:
     original_size: tuple[int, int]
     top_k: int | None
     box_percentile: float
+    box_rule: str
     prototypes: PrototypeParts = field(repr=False)
     _weights: np.ndarray = field(repr=False)
     _maps: np.ndarray = field(repr=False)  # (m, h, w) similarity maps
@@ -269,7 +286,7 @@ class Explanation:
         return _class_evidence(
             self.similarities, self._weights, self._maps, self.classes,
             _class_index(self.classes, label), self.prototypes.prototype_class, top_k,
-            self.original_size, self._geometry, self.box_percentile,
+            self.original_size, self._geometry, self.box_percentile, self.box_rule,
         )
 
     def image(self) -> Image.Image:
@@ -321,7 +338,7 @@ def _check_top_k(top_k):
 
 
 def _class_evidence(sims, weights, maps, classes, k, prototype_class, top_k, original_size,
-                    geometry, percentile) -> list:
+                    geometry, percentile, box_rule) -> list:
     contributions = sims * weights[k]
     # stable: equal contributions keep prototype order, so results are reproducible
     order = np.argsort(-contributions, kind="stable")
@@ -345,12 +362,14 @@ def _class_evidence(sims, weights, maps, classes, k, prototype_class, top_k, ori
                 original_size=original_size,
                 geometry=geometry,
                 percentile=percentile,
+                box_rule=box_rule,
             )
         )
     return items
 
 
-def explain(estimator, X, top_k=10, classes="predicted", box_percentile=None) -> list:
+def explain(estimator, X, top_k=10, classes="predicted", box_percentile=None,
+            box_rule=None) -> list:
     """One :class:`Explanation` per image of X; see ``ProtoPNetClassifier.explain``."""
     top_k = _check_top_k(top_k)
     parts = PrototypeParts.of(estimator)
@@ -360,6 +379,10 @@ def explain(estimator, X, top_k=10, classes="predicted", box_percentile=None) ->
     else:
         check_value("box_percentile", box_percentile, "explain")
         percentile = float(box_percentile)
+    if box_rule is None:
+        box_rule = parts.box_rule
+    else:
+        check_value("box_rule", box_rule, "explain")
     labels = estimator.classes_
     if isinstance(classes, str) and classes in ("predicted", "all"):
         wanted = classes
@@ -380,12 +403,13 @@ def explain(estimator, X, top_k=10, classes="predicted", box_percentile=None) ->
             maps = maps_t.float().cpu().numpy()
             for b in range(len(logits)):
                 out.append(_one(start + b, source, logits[b], sims[b], maps[b], labels,
-                                weights, parts, wanted, top_k, geometry, percentile))
+                                weights, parts, wanted, top_k, geometry, percentile,
+                                box_rule))
     return out
 
 
 def _one(i, source, logits, sims, maps, labels, weights, parts, wanted, top_k, geometry,
-         percentile) -> Explanation:
+         percentile, box_rule) -> Explanation:
     proba = softmax(logits)
     predicted = labels[int(np.argmax(logits))]
     if wanted == "predicted":
@@ -397,7 +421,8 @@ def _one(i, source, logits, sims, maps, labels, weights, parts, wanted, top_k, g
     original_size = source.original_size(i)
     by_class = {
         c: _class_evidence(sims, weights, maps, labels, _class_index(labels, c),
-                           parts.prototype_class, top_k, original_size, geometry, percentile)
+                           parts.prototype_class, top_k, original_size, geometry, percentile,
+                           box_rule)
         for c in asked
     }
     return Explanation(
@@ -405,6 +430,7 @@ def _one(i, source, logits, sims, maps, labels, weights, parts, wanted, top_k, g
         probabilities=proba, similarities=sims, explained_class=asked[0],
         evidence=by_class[asked[0]], evidence_by_class=by_class,
         original_size=original_size, top_k=top_k, box_percentile=percentile,
+        box_rule=box_rule,
         prototypes=parts, _weights=weights, _maps=maps, _geometry=geometry,
         _source=source, _index=i,
     )
@@ -422,7 +448,7 @@ def _shrunk(img: Image.Image, max_side: int) -> np.ndarray:
 @torch.no_grad()
 def prototype_parts(module, source: ImageSource, source_index, geometry: CellGeometry,
                     image_size, percentile: float, batch_size: int, cache=None,
-                    device="cpu") -> dict:
+                    device="cpu", box_rule: str = "peak") -> dict:
     """Fitted attributes holding each prototype's source, box, crop and thumbnail.
 
     The box is the same rule as for test images: the prototype's similarity
@@ -446,7 +472,11 @@ def prototype_parts(module, source: ImageSource, source_index, geometry: CellGeo
             thumbnail = _shrunk(img, THUMBNAIL_MAX_SIDE)
             for j in np.flatnonzero(source_index == i):
                 up = upsample_map(maps[b, j], geometry, (height, width))
-                boxes[j] = box_from_map(up, percentile)
+                peak = None
+                if box_rule == "peak":  # the cell the prototype was pushed onto
+                    cell = np.unravel_index(int(np.argmax(maps[b, j])), maps[b, j].shape)
+                    peak = peak_pixel(cell, geometry, (width, height))
+                boxes[j] = box_from_map(up, percentile, peak)
                 sizes[j] = (width, height)
                 crops[j] = _shrunk(img.crop(tuple(int(v) for v in boxes[j])), CROP_MAX_SIDE)
                 thumbs[j] = thumbnail.copy()
@@ -458,6 +488,7 @@ def prototype_parts(module, source: ImageSource, source_index, geometry: CellGeo
         "prototype_source_thumbnail_": thumbs,
         "prototype_original_size_": sizes,
         "box_percentile_": float(percentile),
+        "box_rule_": str(box_rule),
     }
 
 

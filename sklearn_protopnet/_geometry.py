@@ -7,8 +7,11 @@ One place for both, used for prototypes and test images alike:
   any backbone, by probing a simplified copy of it (below).
 - :func:`upsample_map` turns an (h, w) similarity map into a map over the
   image as the user sees it, placing each cell at its true centre.
-- :func:`box_from_map` is the paper's box: the smallest rectangle holding every
-  pixel at or above a percentile of the upsampled map.
+- :func:`box_from_map` is the box rule: by default ("peak") the bounding box
+  of the connected region of pixels at or above a percentile of the
+  upsampled map that holds the peak cell's centre (:func:`peak_pixel`); the
+  paper's rule ("percentile") is the smallest rectangle holding every such
+  pixel, wherever it is.
 
 How the geometry is found
 -------------------------
@@ -45,6 +48,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torch import nn
 from torch.nn import functional as F
 
@@ -380,9 +384,50 @@ def upsample_map(cell_map: np.ndarray, geometry: CellGeometry,
     return (rows @ cell_map).astype(np.float32) @ cols.T.astype(np.float32)
 
 
-def box_from_map(upsampled: np.ndarray, percentile: float = 95.0) -> tuple[int, int, int, int]:
-    """(x0, y0, x1, y1), end-exclusive, around the pixels >= the percentile."""
+BOX_RULES = ("peak", "percentile")
+
+
+def peak_pixel(location, geometry: CellGeometry, original_size) -> tuple[int, int]:
+    """(row, column), in pixels of the image as the user sees it, of the centre
+    of the latent cell ``location`` (row, column); ``original_size`` is that
+    image's (width, height)."""
+    width, height = (int(v) for v in original_size)
+    H, W = geometry.image_size
+    cy, cx = geometry.centre(*location)
+    row = int(round((cy + 0.5) * height / H - 0.5))
+    col = int(round((cx + 0.5) * width / W - 0.5))
+    return min(max(row, 0), height - 1), min(max(col, 0), width - 1)
+
+
+def box_from_map(upsampled: np.ndarray, percentile: float = 95.0,
+                 peak: tuple[int, int] | None = None) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1), end-exclusive, around the pixels >= the percentile.
+
+    With ``peak`` None, the paper's box: the smallest rectangle holding every
+    such pixel, wherever it is. With ``peak`` (row, column), the "peak" rule:
+    only the connected region (8-neighbours) of such pixels that holds the
+    peak, so that a second, unrelated peak of the map never enlarges the box.
+    If the peak pixel itself is below the threshold (bicubic overshoot
+    elsewhere can do that), the region holding the nearest pixel above it is
+    taken.
+    """
     threshold = np.percentile(upsampled, percentile)
-    rows = np.flatnonzero((upsampled >= threshold).any(axis=1))
-    cols = np.flatnonzero((upsampled >= threshold).any(axis=0))
+    mask = upsampled >= threshold
+    if peak is not None:
+        r, c = (int(v) for v in peak)
+        if not mask[r, c]:
+            rr, cc = np.nonzero(mask)
+            k = int(np.argmin((rr - r) ** 2 + (cc - c) ** 2))
+            r, c = int(rr[k]), int(cc[k])
+        regions, _ = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+        mask = regions == regions[r, c]
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def box_rule_text(rule: str, percentile: float) -> str:
+    """The box rule in a few words, as sheets and the report name it."""
+    if rule == "peak":
+        return f"peak rule, region >= {percentile:g}th percentile around the peak cell (+)"
+    return f"percentile rectangle (paper), all pixels >= {percentile:g}th percentile"

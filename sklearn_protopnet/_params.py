@@ -285,6 +285,15 @@ HYPERPARAMETERS: tuple[Param, ...] = (
         above this percentile of the upsampled similarity map. Like every
         parameter it takes effect at ``fit`` (``box_percentile_``), so that
         prototypes and test images share one rule."""),
+    Param("box_rule", "peak", [StrOptions({"peak", "percentile"})], '{"peak", "percentile"}',
+          """
+        Which pixels at or above ``box_percentile`` a box holds. "peak": only
+        the region connected to the peak cell, the cell whose similarity is
+        the prototype's score, so that a second peak elsewhere (a decoy of
+        the same colour or shape) never enlarges the box; "percentile": all
+        of them, wherever they are (the paper's rectangle). Set at ``fit``
+        (``box_rule_``) for the prototypes' boxes and the default of
+        ``explain``."""),
 )
 
 BY_NAME = {p.name: p for p in HYPERPARAMETERS}

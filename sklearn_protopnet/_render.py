@@ -12,6 +12,7 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ._geometry import box_rule_text as rule_text
 from ._geometry import upsample_map
 
 TILE = 112  # side of the image tiles in a sheet row, pixels
@@ -20,6 +21,7 @@ BACKGROUND = (255, 255, 255)
 INK = (20, 20, 20)
 MUTED = (110, 110, 110)
 BOX = (0, 200, 255)
+PEAK = (255, 255, 255)  # the peak cell's cross, outlined in black
 POSITIVE = (0, 120, 0)
 NEGATIVE = (180, 0, 0)
 
@@ -106,10 +108,24 @@ def fit_tile(img: Image.Image, side: int = TILE) -> Image.Image:
 
 def box_rule_text(explanation) -> str:
     """The box rule as drawn: test-image and prototype boxes may differ when
-    ``explain`` was given another percentile than the fit's."""
-    this, that = explanation.box_percentile, explanation.prototypes.percentile
-    text = f"pixels >= {this:g}th percentile of the map"
-    return text if this == that else f"{text} (prototype boxes: {that:g}th, set at fit)"
+    ``explain`` was given another rule or percentile than the fit's."""
+    this = rule_text(explanation.box_rule, explanation.box_percentile)
+    parts = explanation.prototypes
+    that = rule_text(parts.box_rule, parts.percentile)
+    return this if this == that else f"{this}; prototype boxes: {that}, set at fit"
+
+
+def draw_peak(img: Image.Image, peak, original_size, colour=PEAK) -> Image.Image:
+    """Mark ``peak`` (row, column), in pixels of an image of ``original_size``
+    (width, height), with a small cross on ``img``, a scaled copy of it."""
+    sx, sy = img.size[0] / float(original_size[0]), img.size[1] / float(original_size[1])
+    x, y = (peak[1] + 0.5) * sx - 0.5, (peak[0] + 0.5) * sy - 0.5
+    arm = max(3, round(min(img.size) / 16))
+    draw = ImageDraw.Draw(img)
+    for dx, dy in ((arm, 0), (0, arm)):
+        draw.line([(x - dx, y - dy), (x + dx, y + dy)], fill=(0, 0, 0), width=3)
+        draw.line([(x - dx, y - dy), (x + dx, y + dy)], fill=colour, width=1)
+    return img
 
 
 def draw_box(img: Image.Image, box, original_size, colour=BOX) -> Image.Image:
@@ -133,16 +149,18 @@ def overlay(image: Image.Image, activation_map: np.ndarray, alpha: float = 0.45)
     return Image.blend(image.convert("RGB"), heat, alpha)
 
 
-def this_tile(tile: Image.Image, image_size: tuple[int, int], item) -> Image.Image:
-    """The test image's tile with the evidence's heat map and box.
+def this_tile(tile: Image.Image, original_size: tuple[int, int], item) -> Image.Image:
+    """The test image's tile with the evidence's heat map, box and peak cell.
 
     ``tile`` is the test image already scaled to a tile (``fit_tile``) and
-    ``image_size`` its original (width, height). The heat map is the
-    similarity map upsampled straight to the tile's pixels, so that a photo's
-    full-size map is never drawn; the box is the one in original pixels.
+    ``original_size`` its (width, height). The heat map is the similarity map
+    upsampled straight to the tile's pixels (the real map, whatever the box
+    rule), so that a photo's full-size map is never drawn; the box is the one
+    in original pixels, and a cross marks the centre of the peak cell.
     """
     heat = upsample_map(item.similarity_map, item.geometry, (tile.size[1], tile.size[0]))
-    return draw_box(overlay(tile, heat), item.box, image_size)
+    boxed = draw_box(overlay(tile, heat), item.box, original_size)
+    return draw_peak(boxed, item.peak, original_size)
 
 
 def that_tiles(parts, j: int) -> tuple[Image.Image, Image.Image]:

@@ -14,6 +14,7 @@ import os
 from PIL import Image
 
 from ._explain import PrototypeParts
+from ._geometry import box_rule_text
 from ._render import evidence_text, prototype_gallery, scoring_sheet, sheet_text, total_text
 
 _STYLE = """
@@ -59,20 +60,20 @@ def _explanation_html(explanation, n: int) -> str:
     )
 
 
-def _percentiles(parts, explanations) -> str:
-    fitted = parts.percentile
-    used = sorted({e.box_percentile for e in explanations} - {fitted})
-    text = f"{fitted:g}th percentile"
+def _box_rules(parts, explanations) -> str:
+    fitted = box_rule_text(parts.box_rule, parts.percentile)
+    used = sorted({box_rule_text(e.box_rule, e.box_percentile) for e in explanations}
+                  - {fitted})
     if used:
-        text += (f" ({', '.join(f'{p:g}th' for p in used)} for the test images' boxes "
-                 "where explain was given another percentile)")
-    return text
+        fitted += (f" (for the test images' boxes where explain was given another rule: "
+                   f"{'; '.join(used)})")
+    return fitted
 
 
 def report_html(estimator, explanations) -> str:
     """The report as one HTML string."""
-    parts = PrototypeParts.of(estimator)
-    gallery = png_data_uri(prototype_gallery(parts, estimator.classes_))
+    prototypes = PrototypeParts.of(estimator)
+    gallery = png_data_uri(prototype_gallery(prototypes, estimator.classes_))
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         "<title>ProtoPNet explanations</title>",
@@ -80,8 +81,10 @@ def report_html(estimator, explanations) -> str:
         "<h1>ProtoPNet explanations</h1>",
         f"<p>{estimator.n_prototypes_} prototypes, classes "
         f"{html.escape(', '.join(map(str, estimator.classes_)))}. Each logit is the sum over "
-        "prototypes of similarity x weight; a box holds the pixels at or above the "
-        f"{_percentiles(parts, explanations)} of the upsampled similarity map.</p>",
+        "prototypes of similarity x weight. Boxes: "
+        f"{html.escape(_box_rules(prototypes, explanations), quote=False)}, of the upsampled "
+        "similarity "
+        "map; a cross marks the peak cell, whose similarity is the prototype's score.</p>",
         "<h2>Prototypes</h2>",
         f"<img alt='prototype gallery' src='{gallery}'>",
         "<h2>Explanations</h2>",

@@ -149,7 +149,8 @@ def _train(hp, source, y_enc, classes, device, seed, log, checkpoint) -> dict:
     # the prototypes' boxes and crops on the training device, then the fitted
     # network goes to the CPU, where fitted state lives
     parts = prototype_parts(module, source, push.source_index, geometry, image_size,
-                            hp.box_percentile, hp.batch_size, cache=cache, device=device)
+                            hp.box_percentile, hp.batch_size, cache=cache, device=device,
+                            box_rule=hp.box_rule)
     module.cpu()
     log(f"[done] fit in {time.perf_counter() - t_start:.1f}s")
     return parts | {

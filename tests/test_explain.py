@@ -107,15 +107,24 @@ def test_boxes_are_in_original_pixels(fitted, new_images):
     geometry = CellGeometry(image_size=(30, 50), feature_map_shape=(30, 50), stride=(1.0, 1.0),
                             offset=(0.0, 0.0), receptive_field=(1, 1))
 
-    def evidence(percentile):
+    def evidence(percentile, rule="percentile", location=(5, 20)):
         return Evidence(prototype=0, prototype_class=0, explained_class=0, similarity=1.0,
-                        weight=1.0, contribution=1.0, location=(5, 20), similarity_map=cell_map,
-                        original_size=(50, 30), geometry=geometry, percentile=percentile)
+                        weight=1.0, contribution=1.0, location=location,
+                        similarity_map=cell_map, original_size=(50, 30), geometry=geometry,
+                        percentile=percentile, box_rule=rule)
 
     np.testing.assert_array_equal(evidence(95).activation_map, cell_map)
     assert evidence(95).box == (20, 5, 35, 10)  # the pixels at 1 only
     assert evidence(92).box == (0, 5, 35, 25)  # the 92nd percentile is 0.5: both blocks
     assert evidence(50).box == (0, 0, 50, 30)  # the median is 0: every pixel
+    # the peak rule keeps the region connected to the peak cell: the second
+    # block never enlarges the box, whatever the percentile lets in
+    assert evidence(95, "peak").box == (20, 5, 35, 10)
+    assert evidence(92, "peak").box == (20, 5, 35, 10)
+    assert evidence(50, "peak").box == (0, 0, 50, 30)  # all one region at the median
+    assert evidence(92, "peak", location=(7, 30)).peak == (7, 30)
+    # anchored at the peak cell: a peak in the other block takes that block
+    assert evidence(92, "peak", location=(22, 3)).box == (0, 20, 10, 25)
 
 
 def test_boxes_follow_exif_orientation(fitted, tmp_path):
@@ -152,8 +161,8 @@ def test_box_percentile(fitted, new_images):
 
 
 def test_one_box_rule_for_prototypes_and_test_images(fitted, new_images):
-    """explain's default percentile is the fit's, the one the prototypes' boxes
-    were drawn with, even after set_params; another value is stated as such."""
+    """explain's default rule and percentile are the fit's, those the prototypes'
+    boxes were drawn with, even after set_params; another is stated as such."""
     import copy
 
     from sklearn_protopnet._render import sheet_text
@@ -163,16 +172,27 @@ def test_one_box_rule_for_prototypes_and_test_images(fitted, new_images):
     (default,) = changed.explain(new_images[:1], top_k=3)
     (same,) = fitted.explain(new_images[:1], top_k=3)
     assert [e.box for e in default.evidence] == [e.box for e in same.evidence]
-    assert "pixels >= 95th percentile of the map" in sheet_text(default)["header"][1]
+    peak95 = "peak rule, region >= 95th percentile around the peak cell (+)"
+    assert sheet_text(default)["header"][1].endswith(peak95)
     assert "set at fit" not in sheet_text(default)["header"][1]
     (other,) = fitted.explain(new_images[:1], top_k=3, box_percentile=50)
     assert sheet_text(other)["header"][1].endswith(
-        "pixels >= 50th percentile of the map (prototype boxes: 95th, set at fit)")
+        "region >= 50th percentile around the peak cell (+); prototype boxes: "
+        f"{peak95}, set at fit")
+    (paper,) = fitted.explain(new_images[:1], top_k=3, box_rule="percentile")
+    assert sheet_text(paper)["header"][1].endswith(
+        "percentile rectangle (paper), all pixels >= 95th percentile; prototype boxes: "
+        f"{peak95}, set at fit")
+    # the paper's rectangle holds every pixel the peak rule's region holds
+    for a, b in zip(paper.evidence, same.evidence):
+        assert a.box[0] <= b.box[0] and a.box[1] <= b.box[1]
+        assert a.box[2] >= b.box[2] and a.box[3] >= b.box[3]
     from sklearn_protopnet._report import report_html
 
-    assert ("95th percentile (50th for the test images' boxes where explain was given "
-            "another percentile)") in report_html(fitted, [same, other])
-    assert "95th percentile of the upsampled" in report_html(fitted, [same])
+    escaped = peak95.replace(">", "&gt;")
+    assert (f"{escaped} (for the test images' boxes where explain was given another rule: "
+            "peak rule, region &gt;= 50th percentile") in report_html(fitted, [same, other])
+    assert f"Boxes: {escaped}, of the upsampled" in report_html(fitted, [same])
 
 
 def test_prototype_that_data(fitted, bar_files):

@@ -97,6 +97,8 @@ def test_sheet_draws_the_boxes(explanations, monkeypatch):
 
     e = explanations[0]
     image = Image.new("RGB", e.original_size, (0, 0, 0))
+    # the peak cell's cross is tested on its own below
+    monkeypatch.setattr(_render, "draw_peak", lambda img, *args, **kwargs: img)
     sheet = np.asarray(scoring_sheet(e, image=image)).astype(int)
 
     def unboxed(tile, image_size, item):  # the test image's tile with its heat map only
@@ -105,7 +107,6 @@ def test_sheet_draws_the_boxes(explanations, monkeypatch):
 
     monkeypatch.setattr(_render, "this_tile", unboxed)
     plain = np.asarray(scoring_sheet(e, image=image)).astype(int)
-    monkeypatch.undo()
     changed = (sheet != plain).any(axis=2)
     assert changed.any(), "the sheet without the test image's boxes is the same sheet"
     assert (np.abs(sheet[changed] - BOX).sum(axis=1) < 10).all()  # drawn in the box colour
@@ -128,6 +129,30 @@ def test_sheet_draws_the_boxes(explanations, monkeypatch):
     np.testing.assert_array_equal(found, changed)
 
 
+def test_the_peak_cell_is_marked_with_a_cross_at_its_centre(explanations, monkeypatch):
+    from sklearn_protopnet import _render
+
+    for e in explanations:
+        tile = fit_tile(Image.new("RGB", e.original_size, (128, 128, 128)))
+        sx, sy = tile.size[0] / e.original_size[0], tile.size[1] / e.original_size[1]
+        for item in e.evidence:
+            marked = np.asarray(_render.this_tile(tile, e.original_size, item)).astype(int)
+            with monkeypatch.context() as m:
+                m.setattr(_render, "draw_peak", lambda img, *args, **kwargs: img)
+                plain = np.asarray(_render.this_tile(tile, e.original_size, item)).astype(int)
+            changed = (marked != plain).any(axis=2)
+            rows, cols = np.nonzero(changed)
+            assert len(rows), "no cross drawn"
+            # white on black, centred on the peak cell's centre
+            colours = {tuple(v) for v in marked[changed]}
+            assert colours <= {(255, 255, 255), (0, 0, 0)}
+            r, c = item.peak
+            assert abs(np.median(rows) - ((r + 0.5) * sy - 0.5)) <= 1.5
+            assert abs(np.median(cols) - ((c + 0.5) * sx - 0.5)) <= 1.5
+            # at the map's strongest cell
+            assert item.similarity_map[item.location] == item.similarity_map.max()
+
+
 def test_prototype_box_on_a_long_thin_source_is_drawn_where_it_is():
     """The source thumbnail's two axes are scaled separately: for a 15 x 1000
     source the box over its bottom fifth is drawn over the tile's bottom fifth."""
@@ -144,10 +169,13 @@ def test_prototype_box_on_a_long_thin_source_is_drawn_where_it_is():
     assert abs(rows[0] - 0.8 * height) <= 1.5 and rows[-1] >= height - 2
 
 
-def test_heat_map_is_drawn_at_the_tile_size_where_the_box_is(explanations):
+def test_heat_map_is_drawn_at_the_tile_size_where_the_box_is(explanations, monkeypatch):
     """The tile's heat map is the similarity map upsampled to the tile, and its
     peak lies inside the box drawn from the original-size map."""
+    from sklearn_protopnet import _render
     from sklearn_protopnet._geometry import upsample_map
+
+    monkeypatch.setattr(_render, "draw_peak", lambda img, *args, **kwargs: img)  # see above
 
     for e in explanations:
         item = e.evidence[0]
