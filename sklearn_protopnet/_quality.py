@@ -12,7 +12,7 @@ summary means (``summary()`` gives them as a dict of floats):
   prototype's similarity and the logit more than masking random boxes of the
   same size? (Petsiuk et al., BMVC 2018; Samek et al., 2017)
 - :func:`prototype_duplicates`: prototypes that are one prototype counted
-  twice (Nauta et al., 2021; Rymarczyk et al., 2021).
+  twice (ProtoPShare, Rymarczyk et al., 2021, merges them).
 - :func:`prototype_purity`: the share of each prototype's nearest patches
   that come from its own class (Chen et al., NeurIPS 2019, supplement S8).
 - :func:`pointing_game` and :func:`locality`: for images with part boxes,
@@ -655,8 +655,7 @@ def prototype_duplicates(estimator, tol=1e-4) -> DuplicatesResult:
     vectors (``module_.prototypes``) are closer than ``tol`` in Euclidean
     distance; groups are the connected components of that relation. Such
     prototypes are one prototype counted several times, a known failure of
-    ProtoPNet (Nauta et al., "This looks like that, because...", 2021);
-    ProtoPShare (Rymarczyk et al., KDD 2021) merges similar prototypes, and
+    ProtoPNet reported by users of the reference code; ProtoPShare (Rymarczyk et al., KDD 2021) merges similar prototypes, and
     ``ProtoPNetClassifier.prune`` merges same-patch duplicates.
 
     Parameters
