@@ -655,7 +655,8 @@ def prototype_duplicates(estimator, tol=1e-4) -> DuplicatesResult:
     vectors (``module_.prototypes``) are closer than ``tol`` in Euclidean
     distance; groups are the connected components of that relation. Such
     prototypes are one prototype counted several times, a known failure of
-    ProtoPNet reported by users of the reference code; ProtoPShare (Rymarczyk et al., KDD 2021) merges similar prototypes, and
+    ProtoPNet reported by users of the reference code; ProtoPShare
+    (Rymarczyk et al., KDD 2021) merges similar prototypes, and
     ``ProtoPNetClassifier.prune`` merges same-patch duplicates.
 
     Parameters
