@@ -69,7 +69,7 @@ def make_decoy_images(n_per_class: int, size: int = 40, n_classes: int = 4, seed
     image also holds a decoy of the class's colour and another shape, and a
     decoy of the class's shape in another colour, so colour alone and shape
     alone each fire at two places; only the pair says the class. Parts and
-    decoys are 8 px, at random non-overlapping places on dark noise.
+    decoys are 8 px, at random places at least 8 px apart on dark noise.
 
     Returns the images (n, size, size, 3) uint8, the labels (n,), the part
     boxes (n, 4) as (x0, y0, x1, y1) end-exclusive, and the decoy boxes
@@ -99,10 +99,10 @@ def make_decoy_images(n_per_class: int, size: int = 40, n_classes: int = 4, seed
 
 
 def _free_places(rng, size: int, n: int) -> list[tuple[int, int]]:
-    """``n`` top-left corners of 8 px squares at least 2 px apart."""
+    """``n`` top-left corners of 8 px squares at least 8 px apart."""
     while True:
         places = [tuple(int(v) for v in rng.integers(0, size - PART + 1, size=2))
                   for _ in range(n)]
-        if all(max(abs(a[0] - b[0]), abs(a[1] - b[1])) >= PART + 2
+        if all(max(abs(a[0] - b[0]), abs(a[1] - b[1])) >= 2 * PART
                for i, a in enumerate(places) for b in places[i + 1:]):
             return places

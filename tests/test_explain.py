@@ -11,6 +11,7 @@ from PIL import Image
 
 from sklearn_protopnet._explain import Evidence, Explanation
 from sklearn_protopnet._geometry import CellGeometry
+from sklearn_protopnet.backbones import SmallCNN
 
 from .conftest import make_bar_images, tiny_classifier, write_pngs
 
@@ -280,3 +281,34 @@ def test_prototypes_and_top_evidence_find_a_planted_motif():
         x0, y0, x1, y1 = e.evidence[0].box
         hits.append(x0 <= cx < x1 and y0 <= cy < y1 and (x1 - x0) * (y1 - y0) <= 32 * 32 / 4)
     assert np.mean(hits) >= 0.8
+
+
+@pytest.mark.slow
+def test_among_decoys_a_peak_box_covers_one_object_where_the_paper_rectangle_spans_several():
+    """A class is a (shape, colour) pair; each image also holds a decoy of its
+    colour and one of its shape, where a prototype's map has second peaks."""
+    from sklearn_protopnet._synthetic import make_decoy_images
+
+    X, y, parts, decoys = make_decoy_images(20, size=40, seed=5)
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        backbone = SmallCNN(width=16)
+    clf = tiny_classifier(backbone=backbone, image_size=40, prototypes_per_class=3,
+                          prototype_dim=32, warm_epochs=2, joint_epochs=6, push_start=100,
+                          random_state=5).fit(X, y)
+
+    def objects_touched(box, i):
+        x0, y0, x1, y1 = box
+        return sum(not (x1 <= b[0] or b[2] <= x0 or y1 <= b[1] or b[3] <= y0)
+                   for b in [parts[i], *decoys[i]])
+
+    spans = 0
+    for rule in ("peak", "percentile"):
+        for i, e in enumerate(clf.explain(X, top_k=1, box_rule=rule)):
+            box = e.evidence[0].box
+            area = (box[2] - box[0]) * (box[3] - box[1]) / (40 * 40)
+            if rule == "peak":
+                assert objects_touched(box, i) <= 1 and area <= 0.25, (i, box)
+            else:
+                spans += objects_touched(box, i) >= 2
+    assert spans >= len(X) // 4  # the decoys do pull the paper's rectangle apart
