@@ -86,10 +86,14 @@ def iterate_batches(dataset, batch_size: int, device, num_workers: int = 0,
     (the copy overlaps the previous batch's compute) and are laid out
     channels-last, the layout cuDNN convolutions are fastest on.
 
-    The data loader draws a seed for its workers on every pass, from
-    ``generator`` when given, else from the global torch RNG (the passes
-    inside ``fit``, whose seeded stream includes those draws).
+    The data loader draws a seed for its workers on every pass; it draws it
+    from ``generator``, by default a generator of the pass's own, never from
+    the global torch RNG: no pass changes the random stream of a fit (so
+    skipping one, e.g. a forward pass served from cached latents, changes
+    nothing else) or of the caller.
     """
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
     cuda = torch.device(device).type == "cuda"
     loader = torch.utils.data.DataLoader(
         dataset,
@@ -109,8 +113,7 @@ def iterate_batches(dataset, batch_size: int, device, num_workers: int = 0,
 
 
 @torch.no_grad()
-def forward_batches(module, dataset, batch_size: int, device, num_workers=0,
-                    generator: torch.Generator | None = None):
+def forward_batches(module, dataset, batch_size: int, device, num_workers=0):
     """Yield ``(start, logits, similarities, distance_map)`` per batch, in eval mode.
 
     The one inference pass: ``transform``, ``decision_function`` and the
@@ -122,11 +125,36 @@ def forward_batches(module, dataset, batch_size: int, device, num_workers=0,
     """
     module.eval()
     weight = module.last_layer.weight.detach().double()
-    for start, images, _ in iterate_batches(dataset, batch_size, device, num_workers,
-                                            generator):
+    for start, images, _ in iterate_batches(dataset, batch_size, device, num_workers):
         d = module.distance_map(module.latent(images))
         s, _ = module.pool(d)
         yield start, s.double() @ weight.T, s, d
+
+
+@torch.no_grad()
+def latent_batches(module, dataset, batch_size: int, device, num_workers=0):
+    """Yield ``(start, z)`` per batch: the latent maps (N, D, h, w), in eval mode."""
+    module.eval()
+    for start, images, _ in iterate_batches(dataset, batch_size, device, num_workers):
+        yield start, module.latent(images)
+
+
+@torch.no_grad()
+def similarities_of_latents(module, latents, device):
+    """(logits, similarities) as float64 numpy arrays from latent maps already
+    computed (a list of (N, D, h, w) tensors, in order), as
+    :func:`similarities` would give them from the images."""
+    weight = module.last_layer.weight.detach().double()
+
+    def batches():
+        start = 0
+        for z in latents:
+            d = module.distance_map(z.to(device))
+            s, _ = module.pool(d)
+            yield start, s.double() @ weight.T, s, d
+            start += len(z)
+
+    return gather_outputs(batches())
 
 
 def gather_outputs(batches):
@@ -144,5 +172,6 @@ def similarities(module, dataset, batch_size: int, device, num_workers=0):
     return gather_outputs(forward_batches(module, dataset, batch_size, device, num_workers))
 
 
-__all__ = ["forward_batches", "gather_outputs", "iterate_batches", "on_device", "resolve_device",
+__all__ = ["forward_batches", "gather_outputs", "iterate_batches", "latent_batches",
+           "on_device", "resolve_device", "similarities_of_latents",
            "similarities"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import numpy as np
-import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, _fit_context
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import check_classification_targets
@@ -259,7 +258,7 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         dataset = ImageDataset(source, self.image_size_)
         module = on_device(self.module_, device)
         yield source, forward_batches(module, dataset, self.batch_size, device,
-                                      self.num_workers, torch.Generator())
+                                      self.num_workers)
 
     def _outputs(self, X):
         """(logits, similarities) as float64 arrays, streamed in batches."""

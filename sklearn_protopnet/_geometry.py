@@ -306,9 +306,36 @@ def cell_geometry(backbone: torch.nn.Module, image_size: tuple[int, int],
     CellGeometry
         Measured stride, offset of cell (0, 0) and receptive field; even
         tiling of the image by the cells if the backbone cannot be probed.
+
+    The geometry depends on the architecture only, not on the weights, so it
+    is measured once per architecture and image size in a process (a probe
+    of a ResNet-50 at 224 px takes seconds) and then reused: every fold of a
+    grid search, every refit.
     """
     H, W = (int(v) for v in image_size)
     h, w = (int(v) for v in map_size)
+    key = (_architecture(backbone), H, W, h, w)
+    found = _MEASURED.get(key)
+    if found is None:
+        found = _MEASURED[key] = _geometry_of(backbone, H, W, h, w)
+        while len(_MEASURED) > 64:
+            _MEASURED.pop(next(iter(_MEASURED)))
+    return found
+
+
+#: (architecture, H, W, h, w) -> CellGeometry, in the order they were measured.
+_MEASURED: dict = {}
+
+
+def _architecture(backbone: torch.nn.Module) -> str:
+    """What the geometry depends on: every submodule's class and settings
+    (kernel sizes, strides, paddings, ...), not the weights."""
+    classes = ",".join(f"{type(m).__module__}.{type(m).__qualname__}"
+                       for m in backbone.modules())
+    return f"{classes}\n{backbone!r}"
+
+
+def _geometry_of(backbone, H: int, W: int, h: int, w: int) -> CellGeometry:
     measured = _measure(backbone, (H, W), (h, w))
     if measured is None:
         stride = (H / h, W / w)

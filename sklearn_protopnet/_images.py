@@ -333,10 +333,8 @@ def decode_all(source: ImageSource, image_size, num_workers: int = 0) -> torch.T
     """Decode every image once into one uint8 tensor (n, 3, H, W)."""
     h, w = image_size
     out = torch.empty((len(source), 3, h, w), dtype=torch.uint8)
-    # its own generator: decoding must not draw from the global RNG, so a fit
-    # is the same whether images are cached or streamed
     for start, images, _ in iterate_batches(ImageDataset(source, image_size), 64, "cpu",
-                                            num_workers, torch.Generator().manual_seed(0)):
+                                            num_workers):
         out[start : start + len(images)] = images
     return out
 
@@ -344,8 +342,7 @@ def decode_all(source: ImageSource, image_size, num_workers: int = 0) -> torch.T
 def check_decodable(source: ImageSource, image_size, num_workers: int = 0) -> None:
     """Decode every image once, keeping none: a file whose header is valid but
     whose data is not (truncated, corrupt) raises an ``OSError`` naming it."""
-    for _ in iterate_batches(ImageDataset(source, image_size), 64, "cpu", num_workers,
-                             torch.Generator().manual_seed(0)):
+    for _ in iterate_batches(ImageDataset(source, image_size), 64, "cpu", num_workers):
         pass
 
 

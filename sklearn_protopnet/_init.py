@@ -48,6 +48,12 @@ def _uncalibrated_batchnorms(module: torch.nn.Module) -> list:
     return found
 
 
+#: Images the BatchNorm calibration averages over, at most: running statistics
+#: of one channel over 512 images x h x w cells are precise to about 1-2%, and a
+#: pass over every training image would cost a forward pass of the whole set.
+CALIBRATION_IMAGES = 512
+
+
 @torch.no_grad()
 def calibrate_batchnorm(module, dataset, batch_size: int, device, num_workers=0):
     """Give never-trained BatchNorm layers of the backbone real statistics.
@@ -55,10 +61,11 @@ def calibrate_batchnorm(module, dataset, batch_size: int, device, num_workers=0)
     A randomly initialised backbone is frozen, in eval mode, during warm-up;
     its BatchNorm layers would normalise with mean 0 and variance 1, and the
     switch to batch statistics at the start of the joint stage would change
-    every feature at once. One pass over the training images (no gradient, no
-    augmentation) with a cumulative average gives them the data's statistics
-    first. Layers that already hold statistics (pretrained weights) are left
-    alone. Returns the number of layers calibrated.
+    every feature at once. One pass without gradient or augmentation over
+    at most :data:`CALIBRATION_IMAGES` training images, evenly spread over
+    the data set (no random draw), with a cumulative average gives them the
+    data's statistics first. Layers that already hold statistics (pretrained
+    weights) are left alone. Returns the number of layers calibrated.
     """
     layers = _uncalibrated_batchnorms(module.backbone)
     if not layers:
@@ -70,6 +77,9 @@ def calibrate_batchnorm(module, dataset, batch_size: int, device, num_workers=0)
     module.eval()
     for layer in layers:
         layer.train()
+    if len(dataset) > CALIBRATION_IMAGES:
+        dataset = dataset.subset(np.linspace(0, len(dataset) - 1, CALIBRATION_IMAGES)
+                                 .round().astype(np.int64))
     try:
         for start, images, _ in iterate_batches(dataset, batch_size, device, num_workers):
             if len(images) == 1 and start > 0:

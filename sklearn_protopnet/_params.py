@@ -252,7 +252,9 @@ HYPERPARAMETERS: tuple[Param, ...] = (
     # -- resources and bookkeeping ---------------------------------------------
     Param("memory_budget", DEFAULT_MEMORY_BUDGET, [_positive(numbers.Integral)], "int", """
         Bytes of decoded images kept in memory during ``fit``; within it every
-        image is decoded once per fit, beyond it images are streamed.""",
+        image is decoded once per fit, beyond it images are streamed. What
+        the decoded images leave of it may hold the latent maps of a push, so
+        that the last layer after it runs no forward pass of its own.""",
           in_identity=False),
     Param("num_workers", 0, [_positive(numbers.Integral)], "int", """
         DataLoader worker processes for decoding and augmentation."""),

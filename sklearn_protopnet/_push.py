@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._batches import iterate_batches
+from ._batches import latent_batches
 
 
 @dataclass
@@ -24,23 +24,26 @@ class PushResult:
 
 @torch.no_grad()
 def push_prototypes(
-    module, dataset, labels: np.ndarray, batch_size: int, device, num_workers=0
+    module, dataset, labels: np.ndarray, batch_size: int, device, num_workers=0,
+    keep_latents: list | None = None,
 ) -> PushResult:
     """Replace each prototype of class k by its nearest latent patch of class k.
 
     Afterwards every prototype is a copy of a patch of a training image, so its
-    distance to that patch is zero.
+    distance to that patch is zero. With ``keep_latents`` (a list), the latent
+    map of every batch is appended to it, on the CPU, so that the last layer's
+    features need no second pass through the frozen network.
     """
-    module.eval()
     m = module.n_prototypes
     proto_class = module.prototype_class
     best = torch.full((m,), float("inf"), dtype=torch.float64, device=device)
     best_vec = module.prototypes.detach().clone()
     source = np.full(m, -1, dtype=np.int64)
     location = np.zeros((m, 2), dtype=np.int64)
-    for start, images, _ in iterate_batches(dataset, batch_size, device, num_workers):
-        y = torch.as_tensor(labels[start : start + len(images)], device=device)
-        z = module.latent(images)  # (N, D, h, w)
+    for start, z in latent_batches(module, dataset, batch_size, device, num_workers):
+        if keep_latents is not None:
+            keep_latents.append(z.cpu())
+        y = torch.as_tensor(labels[start : start + len(z)], device=device)
         n, _, h, w = z.shape
         d = module.distance_map(z)  # (N, m, h, w)
         own = y[:, None] == proto_class[None, :]  # (N, m)

