@@ -160,7 +160,7 @@ def test_progress_without_a_terminal_makes_no_bar(monkeypatch, capsys, verbose):
     bar at all, and at verbose=0 writes nothing."""
     import torch
 
-    from sklearn_protopnet._training import Progress
+    from sklearn_protopnet._progress import Progress
 
     progress = Progress(verbose)
     assert not progress.draws_bars
@@ -182,7 +182,7 @@ def test_a_notebook_gets_tqdm_auto_widgets(monkeypatch, capsys):
     import tqdm.auto
     import tqdm.notebook
 
-    from sklearn_protopnet._training import Progress, _bar_class
+    from sklearn_protopnet._progress import Progress, _bar_class
 
     class Widget(tqdm.notebook.tqdm):
         pass
