@@ -12,20 +12,33 @@ including the two that need part boxes, can be computed:
   settings of benchmarks/planted_motif.py: ``small-data`` (prototypes end on
   the motif) and ``patches`` (prototypes initialised on patches, which
   mostly end on background and distractors).
+- ``decoys``: 40 px RGB images (``_synthetic.make_decoy_images``) where a
+  class is a (shape, colour) pair and every image also holds a decoy of the
+  class's colour and one of its shape; the part is the 8 px object that has
+  both. The user CNN of benchmarks/decoys.py with the library's defaults
+  apart from backbone, image size 40 and ``prototype_dim=64``
+  (``decoys-defaults``), and the same with the small-data settings
+  ``separation_coef=0.4, joint_lr_gamma=1.0`` (``decoys-small-data``); 100
+  training and 25 test images per class. The summary also gives the pointing
+  game against the decoy boxes (how often the top evidence points at a decoy).
 
 For each model and seed: test accuracy; evidence_stability (noise_std=8,
 5 repeats, top_k = half the prototypes); deletion_check (mean fill, 10 random boxes);
 prototype_duplicates (tol=1e-4); prototype_purity (k=6, training images);
 pointing_game and locality (top 1) with the part boxes of the test images.
 
-    python benchmarks/quality.py            # seeds 0-4
-    python benchmarks/quality.py --quick    # seed 0 for the bars, 3 for the motif
+    python benchmarks/quality.py            # seeds 0-4 (bars, motif), 0-2 (decoys)
+    python benchmarks/quality.py --data decoys --decoy-seeds 5
+    python benchmarks/quality.py --quick    # seed 0 for the bars, 3 for the motif,
+                                            # a 1-epoch decoy model on 6 images a class
 """
 
 from __future__ import annotations
 
 import argparse
+import pathlib
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -40,13 +53,22 @@ from sklearn_protopnet import (
     prototype_duplicates,
     prototype_purity,
 )
-from sklearn_protopnet._synthetic import MOTIF, make_motif_images
+from sklearn_protopnet._synthetic import MOTIF, make_decoy_images, make_motif_images
 from sklearn_protopnet.backbones import SmallCNN
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from decoys import SIZE as DECOY_SIZE  # noqa: E402  (the same model as benchmarks/decoys.py)
+from decoys import user_cnn  # noqa: E402
 
 MOTIF_SETTINGS = {
     "small-data": dict(separation_coef=0.4, joint_lr_gamma=1.0),
     "patches": dict(prototype_init="patches"),
 }
+DECOY_SETTINGS = {
+    "decoys-defaults": {},
+    "decoys-small-data": dict(separation_coef=0.4, joint_lr_gamma=1.0),
+}
+DATA = {"bars": ("bars",), "motif": tuple(MOTIF_SETTINGS), "decoys": tuple(DECOY_SETTINGS)}
 
 COLUMNS = ("model", "seed", "acc", "jaccard", "top-1 kept", "peak moves (px)",
            "deletion wins (sim)", "deletion wins (logit)", "sim drop: box / random",
@@ -92,12 +114,19 @@ def motif_model(setting: str, seed: int) -> ProtoPNetClassifier:
         random_state=seed, **MOTIF_SETTINGS[setting])
 
 
-def evaluate(clf, X, y, X_test, y_test, parts) -> dict:
+def decoy_model(setting: str, seed: int, epochs: dict) -> ProtoPNetClassifier:
+    return ProtoPNetClassifier(backbone=user_cnn(seed), image_size=DECOY_SIZE,
+                               prototype_dim=64, random_state=seed,
+                               **DECOY_SETTINGS[setting], **epochs)
+
+
+def evaluate(clf, X, y, X_test, y_test, parts, decoys=None) -> dict:
     # top half of the prototypes: with top_k >= m every set is all of them
     stability = evidence_stability(clf, X_test, noise_std=8.0, n_repeats=5,
                                    top_k=max(1, clf.n_prototypes_ // 2), random_state=0)
     deletion = deletion_check(clf, X_test, n_random=10, random_state=0).summary()
-    return {
+    local = locality(clf, X_test, parts)
+    row = {
         "acc": clf.score(X_test, y_test),
         "jaccard": stability.mean_jaccard,
         "top-1 kept": stability.top1_unchanged_rate,
@@ -109,11 +138,15 @@ def evaluate(clf, X, y, X_test, y_test, parts) -> dict:
         "redundant": (prototype_duplicates(clf).n_redundant, clf.n_prototypes_),
         "purity": prototype_purity(clf, X, y, k=6).mean_purity,
         "pointing": pointing_game(clf, X_test, parts).score,
-        "energy": locality(clf, X_test, parts).mean_energy,
-        "IoU": locality(clf, X_test, parts).mean_iou,
+        "energy": local.mean_energy,
+        "IoU": local.mean_iou,
         # the rule of Evidence.box in force (the attribute is newer than box_percentile_)
         "box rule": getattr(clf, "box_rule_", "percentile"),
     }
+    if decoys is not None:  # the control: the decoys as "parts"
+        row["pointing at a decoy"] = pointing_game(clf, X_test, list(decoys)).score
+        row["energy on the decoys"] = locality(clf, X_test, list(decoys)).mean_energy
+    return row
 
 
 def cell(value) -> str:
@@ -129,41 +162,63 @@ def cell(value) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="one seed per data set (0 for the bars, 3 for the motif)")
-    parser.add_argument("--seeds", type=int, default=5)
+                        help="smoke test: one seed per data set (0 for the bars, 3 for the "
+                             "motif), and a 1-epoch decoy model on 6 images a class")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds of the bars and motif")
+    parser.add_argument("--decoy-seeds", type=int, default=3, help="seeds of the decoys")
+    parser.add_argument("--decoy-per-class", type=int, default=100,
+                        help="decoy training images per class (a quarter as many to test)")
+    parser.add_argument("--data", nargs="+", default=list(DATA), choices=DATA)
     args = parser.parse_args()
-    torch.set_num_threads(1)  # small tensors: one thread is faster and reproducible
-    runs = []
-    for seed in ([0] if args.quick else range(args.seeds)):
-        runs.append(("bars", seed))
-    for setting in MOTIF_SETTINGS:
-        for seed in ([3] if args.quick else range(args.seeds)):
-            runs.append((setting, seed))
+    threads = torch.get_num_threads()
+    runs, decoy_epochs = [], {}
+    if args.quick:
+        args.decoy_seeds, args.decoy_per_class = 1, 6
+        decoy_epochs = {"warm_epochs": 0, "joint_epochs": 1}
+    for data in args.data:
+        for name in DATA[data]:
+            if data == "decoys":
+                seeds = range(args.decoy_seeds)
+            else:
+                seeds = [0 if data == "bars" else 3] if args.quick else range(args.seeds)
+            if args.quick and name == "decoys-small-data":
+                continue  # the smoke test fits one decoy model
+            runs += [(name, seed) for seed in seeds]
     print("| " + " | ".join(COLUMNS) + " |")
     print("|" + "---|" * len(COLUMNS))
     by_model: dict[str, list[dict]] = {}
     for name, seed in runs:
         t0 = time.perf_counter()
+        decoys = None
         if name == "bars":
+            torch.set_num_threads(1)  # small tensors: one thread is faster and reproducible
             X, y, _ = make_bars(20, seed=seed)
             X_test, y_test, parts = make_bars(10, seed=100 + seed)
             clf = bar_model(seed).fit(X, y)
-        else:
+        elif name in MOTIF_SETTINGS:
+            torch.set_num_threads(1)
             X, y, _ = make_motif_images(100, seed=seed)
             X_test, y_test, centres = make_motif_images(20, seed=100 + seed)
             parts = np.concatenate([centres - MOTIF / 2, centres + MOTIF / 2], axis=1)
             clf = motif_model(name, seed).fit(X, y)
-        row = evaluate(clf, X, y, X_test, y_test, parts)
+        else:  # as benchmarks/decoys.py: torch's default threads, the same draws
+            torch.set_num_threads(threads)
+            n = args.decoy_per_class
+            X, y, _, _ = make_decoy_images(n, size=DECOY_SIZE, seed=seed)
+            X_test, y_test, parts, decoys = make_decoy_images(max(n // 4, 2), size=DECOY_SIZE,
+                                                              seed=1000 + seed)
+            clf = decoy_model(name, seed, decoy_epochs).fit(X, y)
+        row = evaluate(clf, X, y, X_test, y_test, parts, decoys)
         row.update(model=name, seed=seed, time=f"{time.perf_counter() - t0:.0f} s")
         by_model.setdefault(name, []).append(row)
         print("| " + " | ".join(cell(row[c]) for c in COLUMNS) + " |", flush=True)
-    if not args.quick:
-        print()
-        for name, rows in by_model.items():
-            medians = {c: statistics.median(r[c] for r in rows)
-                       for c in ("deletion wins (sim)", "pointing", "energy", "IoU")}
-            print(f"- {name}: median over {len(rows)} seeds: "
-                  + ", ".join(f"{c} {v:.2f}" for c, v in medians.items()))
+    print()
+    for name, rows in by_model.items():
+        keys = ["deletion wins (sim)", "pointing", "energy", "IoU"]
+        keys += [k for k in ("pointing at a decoy", "energy on the decoys") if k in rows[0]]
+        medians = {c: statistics.median(r[c] for r in rows) for c in keys}
+        print(f"- {name}: median over {len(rows)} seed(s): "
+              + ", ".join(f"{c} {v:.2f}" for c, v in medians.items()))
 
 
 if __name__ == "__main__":
