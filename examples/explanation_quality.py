@@ -11,7 +11,8 @@ functions (docs/quality.md defines them):
   place, under pixel noise of 8 grey levels?
 - ``deletion_check``: does masking the evidence box lower the similarity and
   the logit more than masking random boxes of the same size?
-- ``prototype_duplicates``: prototypes projected onto the same patch;
+- ``prototype_duplicates``: prototypes projected onto the same patch (or
+  nearly equal);
 - ``prototype_purity``: the share of a prototype's nearest training patches
   that come from its class;
 - ``pointing_game`` and ``locality``: does the top evidence point at the
@@ -28,13 +29,15 @@ the part.
 
 The model: a user's small CNN, 30 training images per class, 2 warm-up and 18
 joint epochs, ``separation_coef=0.4`` and ``joint_lr_gamma=1.0`` (the
-small-data settings of benchmarks/quality.py). About a minute and a half on a
-2-core CPU, most of it the fit:
+small-data settings of benchmarks/quality.py). About 20 s on a free 2-core
+CPU (40 s with another job on it), most of it the fit:
 
     python examples/explanation_quality.py --out quality-example
 
 It writes ``scoring_sheet.png`` (the explanation of the first test image)
-and ``prototype_gallery.png`` into the output folder.
+and ``prototype_gallery.png`` into the output folder, and prints, for the
+gallery, which prototypes were projected onto a part, onto a decoy or next to
+an object, and which are duplicates.
 """
 
 # %%
@@ -76,8 +79,8 @@ y, y_test = NAMES[labels], NAMES[labels_test]
 print(f"{len(X)} training and {len(X_test)} test images of {SIZE} px, classes "
       f"{', '.join(NAMES)}")
 # chance levels of the part metrics: the share of the image the boxes cover
-print(f"a part covers {PART * PART / SIZE**2:.0%} of an image, its two decoys "
-      f"{2 * PART * PART / SIZE**2:.0%}")
+chance_part, chance_decoys = PART * PART / SIZE**2, 2 * PART * PART / SIZE**2
+print(f"a part covers {chance_part:.0%} of an image, its two decoys {chance_decoys:.0%}")
 
 # %%
 # The model: a small CNN of the user's, the small-data settings
@@ -138,18 +141,21 @@ for name, result in results.items():
 # What the numbers say
 # --------------------
 print(f"\nThe top evidence points at the part in {pointing.score:.0%} of the test images "
-      f"and at a decoy in {pointing_decoys.score:.0%} (chance: {PART * PART / SIZE**2:.0%} "
-      f"and {2 * PART * PART / SIZE**2:.0%});")
+      f"and at a decoy in {pointing_decoys.score:.0%} (chance: {chance_part:.0%} "
+      f"and {chance_decoys:.0%});")
 print(f"{local.mean_energy:.0%} of its activation lies on the part, "
-      f"{local_decoys.mean_energy:.0%} on the decoys.")
+      f"{local_decoys.mean_energy:.0%} on the decoys (a flat map: {chance_part:.0%} "
+      f"and {chance_decoys:.0%}), and its box "
+      f"touches the part in {np.mean(local.box_overlaps):.0%} of the images.")
 print(f"Masking the evidence box lowers the prototype's similarity by "
       f"{deletion.summary()['mean_relative_similarity_drop']:.0%} (random boxes of its "
       f"size: {deletion.summary()['mean_relative_random_similarity_drop']:.0%}), more "
       f"than the median random box in {deletion.similarity_win_rate:.0%} of the images.")
 print(f"Under noise the top-1 prototype stays in {stability.top1_unchanged_rate:.0%} of "
       f"the copies and its peak moves {stability.mean_displacement_pixels:.1f} px.")
-print(f"{duplicates.n_redundant} of {clf.n_prototypes_} prototypes are duplicates "
-      f"({len(duplicates.groups)} groups; clf.prune merges same-patch ones); "
+print(f"{len(duplicates.groups)} groups of duplicate prototypes: merging them would remove "
+      f"{duplicates.n_redundant} of the {clf.n_prototypes_} (clf.prune merges same-patch "
+      f"ones); "
       f"{np.mean(purity.purity < 0.5):.0%} have purity below one half.")
 
 # %%
@@ -197,6 +203,6 @@ for j, (i, (r, c)) in enumerate(zip(clf.prototype_source_index_, clf.prototype_l
 print("prototypes whose patch centre lies on:")
 for place, js in on.items():
     print(f"  {place}: {len(js)}" + (f" {js}" if 0 < len(js) <= 10 else ""))
-print("duplicate groups (same patch):", [g.tolist() for g in duplicates.groups])
+print("duplicate groups:", [g.tolist() for g in duplicates.groups])
 clf.prototype_gallery(out / "prototype_gallery.png")
 print(f"wrote {out / 'scoring_sheet.png'} and {out / 'prototype_gallery.png'}")
