@@ -10,7 +10,9 @@ import json
 import os
 import pickle
 import re
+import warnings
 import zipfile
+from unittest import mock
 
 import joblib
 import numpy as np
@@ -21,6 +23,7 @@ from sklearn.exceptions import NotFittedError
 from torch import nn
 
 from sklearn_protopnet import ProtoPNetClassifier
+from sklearn_protopnet._params import Hyperparameters
 from sklearn_protopnet._persistence import (
     _TORCH_NN_LAYERS,
     FORMAT_VERSION,
@@ -242,15 +245,58 @@ def test_torchvision_backbone_is_rebuilt_without_downloading(bar_data, tmp_path)
     np.testing.assert_array_equal(loaded.predict_proba(images), clf.predict_proba(images))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_fitted_model_loads_on_cpu(bar_data, tmp_path):
-    clf = tiny_classifier(joint_epochs=1, device="cuda").fit(*bar_data)
+def _fit_save_on_device_and_load_on_cpu(images, labels, tmp_path, device, half):
+    """One fit on ``device`` with mixed precision, saved there, then loaded and
+    run where CUDA is absent; ``half`` is the autocast dtype the training
+    convolutions must show."""
+    seen = set()
+
+    def record(module, args, output):
+        if isinstance(module, nn.Conv2d) and module.training:
+            seen.add((output.device.type, output.dtype))
+
+    clf = tiny_classifier(joint_epochs=1, device=device, mixed_precision=device != "cpu")
+    real_of = Hyperparameters.of
+    # on the CPU, the public fit refuses mixed precision: the training code
+    # gets it through its settings record (autocast in bfloat16)
+    of = (lambda est: dataclasses.replace(real_of(est), mixed_precision=True)) \
+        if device == "cpu" else real_of
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        with mock.patch.object(Hyperparameters, "of", of):
+            clf.fit(images, labels)
+    finally:
+        handle.remove()
+    # the SGD stages ran on the device under autocast (with the gradient
+    # scaler on CUDA), and their losses stayed finite
+    assert (torch.device(device).type, half) in seen, seen
+    sgd = [r for r in clf.history_ if r.get("stage") in ("warm", "joint")]
+    assert len(sgd) == 2 and all(np.isfinite(r["train_loss"]) for r in sgd)
+    expected = clf.predict_proba(images)  # inference on the device
     clf.save(tmp_path / "m")
-    loaded = ProtoPNetClassifier.load(tmp_path / "m")
-    assert all(t.device.type == "cpu" for t in loaded.module_.state_dict().values())
     joblib.dump(clf, tmp_path / "m.joblib")
-    assert all(t.device.type == "cpu"
-               for t in joblib.load(tmp_path / "m.joblib").module_.state_dict().values())
+    with mock.patch("torch.cuda.is_available", return_value=False):  # a machine without CUDA
+        for loaded in (ProtoPNetClassifier.load(tmp_path / "m"),
+                       joblib.load(tmp_path / "m.joblib")):
+            state = loaded.module_.state_dict()
+            assert all(t.device.type == "cpu" for t in state.values())
+            assert all(t.dtype == torch.float32 for t in state.values()
+                       if t.is_floating_point())
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "CUDA is not available here"
+                np.testing.assert_allclose(loaded.predict_proba(images), expected,
+                                           atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_fit_with_mixed_precision_saved_on_gpu_loads_on_cpu(bar_data, tmp_path):
+    _fit_save_on_device_and_load_on_cpu(*bar_data, tmp_path, "cuda", torch.float16)
+
+
+def test_the_cuda_check_itself_runs_on_the_cpu(bar_data, tmp_path):
+    """The CUDA test's body on the CPU, autocast in bfloat16: it runs here, so
+    a GPU machine only adds the device."""
+    _fit_save_on_device_and_load_on_cpu(*bar_data, tmp_path, "cpu", torch.bfloat16)
 
 
 # ------------------------------------------------------------ crafted files
