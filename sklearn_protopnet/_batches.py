@@ -17,6 +17,8 @@ import weakref
 import numpy as np
 import torch
 
+from ._distributed import check_worker_processes
+
 
 def resolve_device(device, cpu_fallback: bool = False) -> torch.device:
     """The torch device of the ``device`` parameter.
@@ -94,6 +96,7 @@ def iterate_batches(dataset, batch_size: int, device, num_workers: int = 0,
     """
     if generator is None:
         generator = torch.Generator().manual_seed(0)
+    check_worker_processes(num_workers)  # e.g. in a daemonic dask worker
     cuda = torch.device(device).type == "cuda"
     loader = torch.utils.data.DataLoader(
         dataset,
