@@ -28,6 +28,7 @@ import numbers
 import os
 import random
 import tempfile
+import threading
 from contextlib import contextmanager
 
 import numpy as np
@@ -257,15 +258,25 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+#: Held while a fit owns the process's global random streams (see below).
+_GLOBAL_STREAMS = threading.RLock()
+
+
 @contextmanager
 def random_states_kept(cuda_devices=()):
     """Restore the global torch (CPU and ``cuda_devices``), numpy and python
     ``random`` states on exit: a fit seeds them and a resumed fit sets them
-    from its checkpoint, and the caller's streams must not notice."""
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    try:
-        with torch.random.fork_rng(devices=list(cuda_devices)):
-            yield
-    finally:
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
+    from its checkpoint, and the caller's streams must not notice.
+
+    One thread at a time: the streams are the process's, so two fits in
+    threads of one process (a dask worker with several threads, joblib's
+    threading backend) would draw from each other's stream and give models
+    that depend on timing. A fit in another thread waits for this one."""
+    with _GLOBAL_STREAMS:
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=list(cuda_devices)):
+                yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
