@@ -11,7 +11,9 @@ Writes a folder of photo-like JPEGs (smooth random colour fields with noise,
 and counts the decodes made during the cached epoch (expected: 0). A second
 part compares decoding a 12-megapixel JPEG at full size with draft mode.
 
-Run: ``python benchmarks/decoding.py`` (``--n 500 --size 224 --repeats 5``).
+Run: ``python benchmarks/decoding.py`` (``--n 500 --size 224 --repeats 5``;
+``--quick`` is a smoke test of a few seconds: 8 small JPEGs, a 400x300 photo
+in place of the 12 MP one, one repeat).
 """
 
 from __future__ import annotations
@@ -66,7 +68,12 @@ def main(argv=None):
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
+    big_size = (4000, 3000)
+    if args.quick:
+        args.n, args.width, args.height, args.size, args.repeats = 8, 64, 48, 32, 1
+        big_size = (400, 300)
     torch.set_num_threads(2)
     rng = np.random.default_rng(0)
     size = (args.size, args.size)
@@ -116,7 +123,7 @@ def main(argv=None):
 
         # a 12-megapixel JPEG: full decode vs draft mode
         big = str(Path(folder) / "big.jpg")
-        photo_like(rng, 4000, 3000).save(big, quality=90)
+        photo_like(rng, *big_size).save(big, quality=90)
 
         def full():
             with Image.open(big) as img:
@@ -124,7 +131,8 @@ def main(argv=None):
 
         t_full = median_time(full, args.repeats)
         t_draft = median_time(lambda: load_resized(big, size), args.repeats)
-        print(f"\n12 MP JPEG (4000x3000) to {args.size}x{args.size}: full decode "
+        print(f"\n{big_size[0] * big_size[1] / 1e6:.2g} MP JPEG ({big_size[0]}x{big_size[1]}) "
+              f"to {args.size}x{args.size}: full decode "
               f"{t_full * 1000:.0f} ms, draft mode {t_draft * 1000:.0f} ms "
               f"({t_full / t_draft:.1f}x)")
 

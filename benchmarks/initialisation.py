@@ -9,6 +9,10 @@ backbones with none, and the defaults with the small-data settings of the
 docs (separation_coef=0.4, constant joint learning rate). Run:
 
     python benchmarks/initialisation.py [--seeds 3] [--rows small-data ...]
+
+``--quick`` is a smoke test of a few seconds: one seed, 100 training and 50
+test images, 1 + 1 epochs, the rows ``uniform-uncalibrated`` and
+``discriminative`` unless ``--rows`` is given.
 """
 
 from __future__ import annotations
@@ -34,14 +38,16 @@ ROWS = {
 }
 
 
-def fit_score(seed: int, prototype_init: str, calibrate: bool, data, **extra) -> float:
+def fit_score(seed: int, prototype_init: str, calibrate: bool, data, epochs=(2, 8),
+              **extra) -> float:
     X_train, X_test, y_train, y_test = data
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         backbone = SmallCNN()
     clf = ProtoPNetClassifier(
         backbone=backbone, image_size=32, prototypes_per_class=5, prototype_dim=64,
-        warm_epochs=2, joint_epochs=8, push_start=100, push_interval=0, batch_size=32,
+        warm_epochs=epochs[0], joint_epochs=epochs[1], push_start=100, push_interval=0,
+        batch_size=32,
         augment=False, prototype_init=prototype_init, random_state=seed, **extra,
     )
     if calibrate:
@@ -55,17 +61,25 @@ def fit_score(seed: int, prototype_init: str, calibrate: bool, data, **extra) ->
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--rows", nargs="+", default=None, choices=list(ROWS))
+    parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     digits = load_digits()
     data = train_test_split(digits.images / 16.0, digits.target, test_size=0.3,
                             random_state=0, stratify=digits.target)
+    epochs = (2, 8)
+    if args.quick:
+        args.seeds, epochs = 1, (1, 1)
+        args.rows = args.rows or ["uniform-uncalibrated", "discriminative"]
+        data = [data[0][:100], data[1][:50], data[2][:100], data[3][:50]]
+    args.rows = args.rows or list(ROWS)
     print("| row | prototype_init | BatchNorm calibration | other settings | "
           f"test accuracy (seeds 0-{args.seeds - 1}) | median |")
     print("|---|---|---|---|---|---|")
     for row in args.rows:
         init, calibrate, extra = ROWS[row]
-        scores = [fit_score(seed, init, calibrate, data, **extra) for seed in range(args.seeds)]
+        scores = [fit_score(seed, init, calibrate, data, epochs, **extra)
+                  for seed in range(args.seeds)]
         other = ", ".join(f"{k}={v}" for k, v in extra.items()) or "-"
         print(f"| {row} | {init} | {'yes' if calibrate else 'no'} | {other} | "
               f"{', '.join(f'{s:.3f}' for s in scores)} | {statistics.median(scores):.3f} |",

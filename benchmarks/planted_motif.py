@@ -22,6 +22,9 @@ Settings:
 - ``small-data``: both, the docs' advice for small data sets.
 
     python benchmarks/planted_motif.py --seeds 5
+
+``--quick`` is a smoke test of a few seconds: one seed, the ``reference``
+setting, 10 training images per class, 1 joint epoch.
 """
 
 from __future__ import annotations
@@ -84,7 +87,12 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--joint-epochs", type=int, default=20)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
+    warm = 2
+    if args.quick:
+        args.seeds, args.per_class, args.joint_epochs, warm = 1, 10, 1, 1
+        args.settings = ["reference"]
     print("| setting | seed | top box holds motif | largest box / image | "
           "prototypes on a motif | ProtoPNet acc | plain CNN acc | fit time |")
     print("|---|---|---|---|---|---|---|---|")
@@ -99,7 +107,7 @@ def main() -> None:
                 backbone = SmallCNN(width=8)
             clf = ProtoPNetClassifier(
                 backbone=backbone, image_size=32, prototypes_per_class=2, prototype_dim=16,
-                warm_epochs=2, joint_epochs=args.joint_epochs, push_start=100, batch_size=16,
+                warm_epochs=warm, joint_epochs=args.joint_epochs, push_start=100, batch_size=16,
                 augment=False, random_state=seed, **SETTINGS[name],
             )
             t0 = time.perf_counter()
