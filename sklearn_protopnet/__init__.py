@@ -4,6 +4,7 @@ from ._backbones import list_backbones
 from ._classifier import ProtoPNetClassifier
 from ._explain import Evidence, Explanation, PrototypeParts
 from ._geometry import CellGeometry
+from ._params import REFERENCE_SETTINGS
 from ._prune import NearestPatches
 from ._quality import (
     DeletionResult,
@@ -33,6 +34,7 @@ __all__ = [
     "PrototypeParts",
     "ProtoPNetClassifier",
     "PurityResult",
+    "REFERENCE_SETTINGS",
     "StabilityResult",
     "__version__",
     "deletion_check",

@@ -37,7 +37,7 @@ import torch
 from ._params import NOT_IN_IDENTITY
 
 CHECKPOINT_NAME = "protopnet-checkpoint.pt"
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 
 
 
@@ -51,6 +51,8 @@ def describe_value(value):
         return repr(float(value))  # repr keeps every bit and handles nan/inf
     if isinstance(value, (tuple, list)):
         return [describe_value(v) for v in value]
+    if isinstance(value, dict):  # e.g. class_weight: sorted (key, value) pairs
+        return sorted([str(k), describe_value(v)] for k, v in value.items())
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if isinstance(value, torch.device):
@@ -77,8 +79,9 @@ def _tensor_bytes(tensor: torch.Tensor) -> bytes:
     return header + t.view(torch.uint8).numpy().tobytes()
 
 
-def data_fingerprint(source, classes, y_enc) -> str:
-    """sha256 over the images (paths + size + mtime, or the array) and labels."""
+def data_fingerprint(source, classes, y_enc, sample_weight=None) -> str:
+    """sha256 over the images (paths + size + mtime, or the array), labels and
+    image weights."""
     digest = hashlib.sha256()
     if source.is_paths:
         for path in source.paths:
@@ -90,10 +93,13 @@ def data_fingerprint(source, classes, y_enc) -> str:
         digest.update(memoryview(array).cast("B"))
     digest.update(repr([str(c) for c in classes]).encode())
     digest.update(np.ascontiguousarray(y_enc, dtype=np.int64).tobytes())
+    if sample_weight is not None:
+        digest.update(b"weights")
+        digest.update(np.ascontiguousarray(sample_weight, dtype=np.float64).tobytes())
     return digest.hexdigest()
 
 
-def training_identity(params: dict, source, classes, y_enc) -> dict:
+def training_identity(params: dict, source, classes, y_enc, sample_weight=None) -> dict:
     """The identity a checkpoint must match to be resumed from."""
     described = {k: describe_value(v) for k, v in sorted(params.items())
                  if k not in NOT_IN_IDENTITY}
@@ -104,7 +110,7 @@ def training_identity(params: dict, source, classes, y_enc) -> dict:
     return {
         "format": CHECKPOINT_FORMAT,
         "params": described,
-        "data": data_fingerprint(source, classes, y_enc),
+        "data": data_fingerprint(source, classes, y_enc, sample_weight),
     }
 
 

@@ -21,7 +21,7 @@ from ._batches import forward_batches, gather_outputs, on_device, resolve_device
 from ._images import ImageDataset, check_images
 from ._maths import log_softmax, softmax
 from ._params import Hyperparameters, declare_hyperparameters
-from ._training import train
+from ._training import resolve_auto, train
 
 
 def _check_validation_split(fraction: float, y_enc: np.ndarray, classes) -> None:
@@ -44,6 +44,35 @@ def _check_validation_split(fraction: float, y_enc: np.ndarray, classes) -> None
             f"{n_train} training images; the stratified split needs at least one image of "
             f"each of the {k} classes on both sides"
         )
+
+
+def _image_weights(class_weight, sample_weight, y, classes):
+    """Each image's weight (class weight times sample weight), checked; None
+    when neither is given."""
+    if class_weight is None and sample_weight is None:
+        return None
+    from sklearn.utils.class_weight import compute_sample_weight
+    from sklearn.utils.validation import _check_sample_weight
+
+    weight = np.ones(len(y))
+    if sample_weight is not None:
+        weight = _check_sample_weight(sample_weight, weight, dtype=np.float64,
+                                      ensure_non_negative=True)
+    if class_weight is not None:
+        if isinstance(class_weight, dict):
+            unknown = [k for k in class_weight if k not in set(classes.tolist())]
+            if unknown:
+                raise ValueError(f"class_weight names labels that are not in y: {unknown!r}; "
+                                 f"the classes are {classes.tolist()!r}")
+            bad = {k: v for k, v in class_weight.items()
+                   if not isinstance(v, (int, float, np.number)) or not v >= 0}
+            if bad:
+                raise ValueError(f"class_weight values must be non-negative numbers, got "
+                                 f"{bad!r}")
+        weight = weight * compute_sample_weight(class_weight, y)
+    if not weight.sum() > 0:
+        raise ValueError("the image weights (sample_weight times class_weight) are all 0")
+    return weight
 
 
 @declare_hyperparameters
@@ -123,7 +152,7 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ fit
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Train in stages on images X and labels y.
 
         Parameters
@@ -134,12 +163,32 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
             (uint8, 16-bit, bool, or float in [0, 1]; 1, 3 or 4 channels).
         y : array-like of shape (n,)
             Class labels of any kind scikit-learn accepts; at least two.
+        sample_weight : array-like of shape (n,), default=None
+            Non-negative weight of each image in the SGD stages' loss and the
+            last layer's objective, multiplied by ``class_weight``; only
+            ratios matter. Every image, whatever its weight, may be the
+            source of a prototype.
 
         Returns
         -------
         self : ProtoPNetClassifier
             Fitted. On any error the estimator is left exactly as it was:
             fitted state is assigned only once training has finished.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sklearn_protopnet import ProtoPNetClassifier
+        >>> from sklearn_protopnet.backbones import SmallCNN
+        >>> X = np.zeros((8, 16, 16), np.uint8); X[:4, 7:9] = X[4:, :, 7:9] = 255  # bars
+        >>> y = np.repeat(["horizontal", "vertical"], 4)
+        >>> clf = ProtoPNetClassifier(backbone=SmallCNN(width=4), image_size=16,
+        ...                           prototypes_per_class=1, prototype_dim=4, warm_epochs=0,
+        ...                           joint_epochs=1, random_state=0).fit(X, y)
+        >>> clf.n_prototypes_, clf.classes_.tolist()
+        (2, ['horizontal', 'vertical'])
+        >>> [record["stage"] for record in clf.history_][-2:]  # the last push and solve
+        ['push', 'last_layer']
         """
         # the cheap checks of the parameters first: a typo is named in an
         # instant, not after every image header has been read
@@ -161,9 +210,12 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
                 f"y has a single class ({encoder.classes_[0]!r}); at least 2 are needed"
             )
         y_enc = encoder.transform(y).astype(np.int64)
-        if self.validation_fraction is not None:
-            _check_validation_split(self.validation_fraction, y_enc, encoder.classes_)
-        state = train(Hyperparameters.of(self), source, y_enc, encoder.classes_, device)
+        hp = Hyperparameters.of(self)
+        fraction = resolve_auto(hp).validation_fraction
+        if fraction is not None:
+            _check_validation_split(fraction, y_enc, encoder.classes_)
+        weight = _image_weights(self.class_weight, sample_weight, y, encoder.classes_)
+        state = train(hp, source, y_enc, encoder.classes_, device, weight)
         self.__dict__.update(state)
         return self
 
@@ -191,6 +243,23 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         ----------
         path : str or path
             The file to write (replaced atomically if it exists).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sklearn_protopnet import ProtoPNetClassifier
+        >>> from sklearn_protopnet.backbones import SmallCNN
+        >>> X = np.zeros((8, 16, 16), np.uint8); X[:4, 7:9] = X[4:, :, 7:9] = 255  # bars
+        >>> y = np.repeat(["horizontal", "vertical"], 4)
+        >>> clf = ProtoPNetClassifier(backbone=SmallCNN(width=4), image_size=16,
+        ...                           prototypes_per_class=1, prototype_dim=4, warm_epochs=0,
+        ...                           joint_epochs=1, random_state=0).fit(X, y)
+        >>> import os, tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> clf.save(os.path.join(folder, "bars.protopnet"))
+        >>> loaded = ProtoPNetClassifier.load(os.path.join(folder, "bars.protopnet"))
+        >>> bool(np.array_equal(loaded.predict_proba(X), clf.predict_proba(X)))
+        True
         """
         from ._persistence import save
 
@@ -214,6 +283,23 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         -------
         ProtoPNetClassifier
             The fitted model, on the CPU.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sklearn_protopnet import ProtoPNetClassifier
+        >>> from sklearn_protopnet.backbones import SmallCNN
+        >>> X = np.zeros((8, 16, 16), np.uint8); X[:4, 7:9] = X[4:, :, 7:9] = 255  # bars
+        >>> y = np.repeat(["horizontal", "vertical"], 4)
+        >>> clf = ProtoPNetClassifier(backbone=SmallCNN(width=4), image_size=16,
+        ...                           prototypes_per_class=1, prototype_dim=4, warm_epochs=0,
+        ...                           joint_epochs=1, random_state=0).fit(X, y)
+        >>> import os, tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> clf.save(os.path.join(folder, "bars.protopnet"))
+        >>> loaded = ProtoPNetClassifier.load(os.path.join(folder, "bars.protopnet"))
+        >>> bool(np.array_equal(loaded.coef_, clf.coef_))
+        True
         """
         from ._persistence import load
 
@@ -279,6 +365,19 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         ndarray of str objects, shape (m,)
             ``"prototype{j}_{class}"``: prototype j and the class it belongs
             to, e.g. ``"prototype3_cat"``; they follow pruning.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sklearn_protopnet import ProtoPNetClassifier
+        >>> from sklearn_protopnet.backbones import SmallCNN
+        >>> X = np.zeros((8, 16, 16), np.uint8); X[:4, 7:9] = X[4:, :, 7:9] = 255  # bars
+        >>> y = np.repeat(["horizontal", "vertical"], 4)
+        >>> clf = ProtoPNetClassifier(backbone=SmallCNN(width=4), image_size=16,
+        ...                           prototypes_per_class=1, prototype_dim=4, warm_epochs=0,
+        ...                           joint_epochs=1, random_state=0).fit(X, y)
+        >>> clf.get_feature_names_out().tolist()
+        ['prototype0_horizontal', 'prototype1_vertical']
         """
         check_is_fitted(self, "module_")
         return np.asarray([f"prototype{j}_{label}" for j, label in
@@ -296,6 +395,22 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         -------
         ndarray of shape (n, K)
             Equal to ``transform(X) @ coef_.T``, in float64.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sklearn_protopnet import ProtoPNetClassifier
+        >>> from sklearn_protopnet.backbones import SmallCNN
+        >>> X = np.zeros((8, 16, 16), np.uint8); X[:4, 7:9] = X[4:, :, 7:9] = 255  # bars
+        >>> y = np.repeat(["horizontal", "vertical"], 4)
+        >>> clf = ProtoPNetClassifier(backbone=SmallCNN(width=4), image_size=16,
+        ...                           prototypes_per_class=1, prototype_dim=4, warm_epochs=0,
+        ...                           joint_epochs=1, random_state=0).fit(X, y)
+        >>> logits = clf.decision_function(X[:3])
+        >>> logits.shape
+        (3, 2)
+        >>> bool(np.allclose(logits, clf.transform(X[:3]) @ clf.coef_.T))
+        True
         """
         return self._outputs(X)[0]
 
@@ -311,6 +426,19 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         -------
         ndarray of shape (n, m)
             Column j is prototype j's similarity, in float64.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sklearn_protopnet import ProtoPNetClassifier
+        >>> from sklearn_protopnet.backbones import SmallCNN
+        >>> X = np.zeros((8, 16, 16), np.uint8); X[:4, 7:9] = X[4:, :, 7:9] = 255  # bars
+        >>> y = np.repeat(["horizontal", "vertical"], 4)
+        >>> clf = ProtoPNetClassifier(backbone=SmallCNN(width=4), image_size=16,
+        ...                           prototypes_per_class=1, prototype_dim=4, warm_epochs=0,
+        ...                           joint_epochs=1, random_state=0).fit(X, y)
+        >>> clf.transform(X).shape  # 8 images, 2 prototypes
+        (8, 2)
         """
         return self._outputs(X)[1]
 
@@ -326,6 +454,20 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         -------
         ndarray of shape (n, K)
             Columns in the order of ``classes_``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sklearn_protopnet import ProtoPNetClassifier
+        >>> from sklearn_protopnet.backbones import SmallCNN
+        >>> X = np.zeros((8, 16, 16), np.uint8); X[:4, 7:9] = X[4:, :, 7:9] = 255  # bars
+        >>> y = np.repeat(["horizontal", "vertical"], 4)
+        >>> clf = ProtoPNetClassifier(backbone=SmallCNN(width=4), image_size=16,
+        ...                           prototypes_per_class=1, prototype_dim=4, warm_epochs=0,
+        ...                           joint_epochs=1, random_state=0).fit(X, y)
+        >>> proba = clf.predict_proba(X[:3])
+        >>> proba.shape, bool(np.allclose(proba.sum(axis=1), 1))
+        ((3, 2), True)
         """
         return softmax(self.decision_function(X))
 
@@ -341,6 +483,19 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         -------
         ndarray of shape (n, K)
             Columns in the order of ``classes_``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sklearn_protopnet import ProtoPNetClassifier
+        >>> from sklearn_protopnet.backbones import SmallCNN
+        >>> X = np.zeros((8, 16, 16), np.uint8); X[:4, 7:9] = X[4:, :, 7:9] = 255  # bars
+        >>> y = np.repeat(["horizontal", "vertical"], 4)
+        >>> clf = ProtoPNetClassifier(backbone=SmallCNN(width=4), image_size=16,
+        ...                           prototypes_per_class=1, prototype_dim=4, warm_epochs=0,
+        ...                           joint_epochs=1, random_state=0).fit(X, y)
+        >>> bool(np.allclose(np.exp(clf.predict_log_proba(X[:3])), clf.predict_proba(X[:3])))
+        True
         """
         return log_softmax(self.decision_function(X))
 
@@ -356,6 +511,20 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         -------
         ndarray of shape (n,)
             Labels as given to :meth:`fit`.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sklearn_protopnet import ProtoPNetClassifier
+        >>> from sklearn_protopnet.backbones import SmallCNN
+        >>> X = np.zeros((8, 16, 16), np.uint8); X[:4, 7:9] = X[4:, :, 7:9] = 255  # bars
+        >>> y = np.repeat(["horizontal", "vertical"], 4)
+        >>> clf = ProtoPNetClassifier(backbone=SmallCNN(width=4), image_size=16,
+        ...                           prototypes_per_class=1, prototype_dim=4, warm_epochs=0,
+        ...                           joint_epochs=1, random_state=0).fit(X, y)
+        >>> labels = clf.predict(X[:3])
+        >>> labels.shape, set(labels) <= {"horizontal", "vertical"}
+        ((3,), True)
         """
         logits = self.decision_function(X)  # first: it checks that the model is fitted
         return self.classes_[np.argmax(logits, axis=1)]
@@ -389,6 +558,22 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         -------
         list of Explanation
             One per image; see :class:`sklearn_protopnet.Explanation`.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sklearn_protopnet import ProtoPNetClassifier
+        >>> from sklearn_protopnet.backbones import SmallCNN
+        >>> X = np.zeros((8, 16, 16), np.uint8); X[:4, 7:9] = X[4:, :, 7:9] = 255  # bars
+        >>> y = np.repeat(["horizontal", "vertical"], 4)
+        >>> clf = ProtoPNetClassifier(backbone=SmallCNN(width=4), image_size=16,
+        ...                           prototypes_per_class=1, prototype_dim=4, warm_epochs=0,
+        ...                           joint_epochs=1, random_state=0).fit(X, y)
+        >>> e = clf.explain(X[:1], top_k=None)[0]  # all prototypes: the whole sum
+        >>> e.predicted == clf.predict(X[:1])[0]
+        True
+        >>> bool(np.isclose(sum(item.contribution for item in e.evidence), e.logit()))
+        True
         """
         check_is_fitted(self, "module_")
         from ._explain import explain
@@ -411,6 +596,19 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         NearestPatches
             ``index`` (m, k) into X, ``distance`` (m, k) squared latent
             distances, ascending, ``location`` (m, k, 2) latent cells.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sklearn_protopnet import ProtoPNetClassifier
+        >>> from sklearn_protopnet.backbones import SmallCNN
+        >>> X = np.zeros((8, 16, 16), np.uint8); X[:4, 7:9] = X[4:, :, 7:9] = 255  # bars
+        >>> y = np.repeat(["horizontal", "vertical"], 4)
+        >>> clf = ProtoPNetClassifier(backbone=SmallCNN(width=4), image_size=16,
+        ...                           prototypes_per_class=1, prototype_dim=4, warm_epochs=0,
+        ...                           joint_epochs=1, random_state=0).fit(X, y)
+        >>> clf.nearest_patches(X, k=3).index.shape  # (prototypes, k)
+        (2, 3)
         """
         check_is_fitted(self, "module_")
         from ._prune import nearest_patches
@@ -441,6 +639,20 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         Returns
         -------
         self : ProtoPNetClassifier
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sklearn_protopnet import ProtoPNetClassifier
+        >>> from sklearn_protopnet.backbones import SmallCNN
+        >>> X = np.zeros((8, 16, 16), np.uint8); X[:4, 7:9] = X[4:, :, 7:9] = 255  # bars
+        >>> y = np.repeat(["horizontal", "vertical"], 4)
+        >>> clf = ProtoPNetClassifier(backbone=SmallCNN(width=4), image_size=16,
+        ...                           prototypes_per_class=1, prototype_dim=4, warm_epochs=0,
+        ...                           joint_epochs=1, random_state=0).fit(X, y)
+        >>> clf = clf.prune(X, y, k=4, min_own=1)
+        >>> clf.history_[-1]["stage"], clf.n_prototypes_ <= 2
+        ('prune', True)
         """
         check_is_fitted(self, "module_")
         from ._prune import prune
@@ -459,6 +671,20 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         Returns
         -------
         PIL.Image.Image
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sklearn_protopnet import ProtoPNetClassifier
+        >>> from sklearn_protopnet.backbones import SmallCNN
+        >>> X = np.zeros((8, 16, 16), np.uint8); X[:4, 7:9] = X[4:, :, 7:9] = 255  # bars
+        >>> y = np.repeat(["horizontal", "vertical"], 4)
+        >>> clf = ProtoPNetClassifier(backbone=SmallCNN(width=4), image_size=16,
+        ...                           prototypes_per_class=1, prototype_dim=4, warm_epochs=0,
+        ...                           joint_epochs=1, random_state=0).fit(X, y)
+        >>> image = clf.prototype_gallery()  # or clf.prototype_gallery("gallery.png")
+        >>> image.mode
+        'RGB'
         """
         check_is_fitted(self, "module_")
         from ._explain import PrototypeParts
@@ -485,6 +711,22 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         -------
         str
             The path written.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sklearn_protopnet import ProtoPNetClassifier
+        >>> from sklearn_protopnet.backbones import SmallCNN
+        >>> X = np.zeros((8, 16, 16), np.uint8); X[:4, 7:9] = X[4:, :, 7:9] = 255  # bars
+        >>> y = np.repeat(["horizontal", "vertical"], 4)
+        >>> clf = ProtoPNetClassifier(backbone=SmallCNN(width=4), image_size=16,
+        ...                           prototypes_per_class=1, prototype_dim=4, warm_epochs=0,
+        ...                           joint_epochs=1, random_state=0).fit(X, y)
+        >>> import os, tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> path = clf.report(X, os.path.join(folder, "report.html"))
+        >>> "<h1>" in open(path, encoding="utf-8").read()
+        True
         """
         check_is_fitted(self, "module_")
         from ._report import write_report

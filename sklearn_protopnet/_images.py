@@ -295,17 +295,20 @@ class ImageDataset(torch.utils.data.Dataset):
 
     Images come from ``cache`` (a uint8 tensor decoded once) when given,
     otherwise they are decoded on access. ``transform`` (augmentation) is
-    applied to the uint8 tensor.
+    applied to the uint8 tensor. With ``weight`` (one float per image of
+    ``source``), an item is ``(image, (label, weight))``: the SGD stages'
+    loss reads the weights beside the labels.
     """
 
     def __init__(self, source: ImageSource, image_size, y=None, cache=None, transform=None,
-                 indices=None):
+                 indices=None, weight=None):
         self.source = source
         self.image_size = tuple(image_size)
         self.y = y
         self.cache = cache
         self.transform = transform
         self.indices = np.arange(len(source)) if indices is None else np.asarray(indices)
+        self.weight = weight
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -316,9 +319,13 @@ class ImageDataset(torch.utils.data.Dataset):
         if self.transform is not None:
             img = self.transform(img)
         label = self.y[j] if self.y is not None else -1
+        if self.weight is not None:
+            return img, (label, np.float32(self.weight[j]))
         return img, label
 
-    def subset(self, indices, transform="same") -> ImageDataset:
+    def subset(self, indices, transform="same", weight="same") -> ImageDataset:
+        """The images at ``indices`` (positions in this data set); ``transform``
+        and ``weight`` (per image of the source) are kept unless given."""
         return ImageDataset(
             self.source,
             self.image_size,
@@ -326,6 +333,7 @@ class ImageDataset(torch.utils.data.Dataset):
             cache=self.cache,
             transform=self.transform if transform == "same" else transform,
             indices=self.indices[np.asarray(indices)],
+            weight=self.weight if isinstance(weight, str) and weight == "same" else weight,
         )
 
 

@@ -250,18 +250,22 @@ class ProtoPNet(nn.Module):
 
 
 def prototype_losses(
-    min_distances: torch.Tensor, y: torch.Tensor, prototype_class: torch.Tensor
+    min_distances: torch.Tensor, y: torch.Tensor, prototype_class: torch.Tensor,
+    weight: torch.Tensor | None = None,
 ):
     """Cluster and separation terms of the ProtoPNet loss.
 
     Returns ``(cluster, separation)``: the batch mean of the smallest squared
     distance to a prototype of the image's own class, and to a prototype of
-    any other class.
+    any other class; with ``weight`` (one per image), the mean of the
+    weighted distances.
     """
     own = y[:, None] == prototype_class[None, :]
     big = torch.finfo(min_distances.dtype).max
     cluster = min_distances.masked_fill(~own, big).amin(dim=1)
     separation = min_distances.masked_fill(own, big).amin(dim=1)
+    if weight is not None:
+        cluster, separation = cluster * weight, separation * weight
     return cluster.mean(), separation.mean()
 
 

@@ -26,6 +26,7 @@ import numbers
 import os
 import textwrap
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -139,6 +140,12 @@ def _normalize_option(text: str):
     raise argparse.ArgumentTypeError(f"expected auto, imagenet or none, got {text!r}")
 
 
+def _class_weight_option(text: str):
+    if text in ("balanced", "none"):
+        return None if text == "none" else text
+    raise argparse.ArgumentTypeError(f"expected balanced or none, got {text!r}")
+
+
 def _str_or_none(text: str):
     return None if text == "none" else text
 
@@ -204,8 +211,9 @@ HYPERPARAMETERS: tuple[Param, ...] = (
         Images per batch in every stage and in inference."""),
     Param("lr_backbone", "auto", [StrOptions({"auto"}), _positive()], 'float or "auto"', """
         Adam learning rate of the backbone in the joint stage; "auto" is 1e-4
-        (the reference's) for pretrained weights and 3e-4 for a randomly
-        initialised backbone.""", cli=_float_or("auto")),
+        (the reference's) for pretrained weights and 1e-3 for a randomly
+        initialised backbone, which has everything to learn (see the user
+        guide's table of the measurements that chose it).""", cli=_float_or("auto")),
     Param("lr_add_on", 3e-3, [_positive()], "float", """
         Adam learning rate of the add-on layers in the warm and joint
         stages."""),
@@ -214,12 +222,20 @@ HYPERPARAMETERS: tuple[Param, ...] = (
     Param("weight_decay_add_on", 1e-3, [_positive()], "float", """
         Adam weight decay of the add-on layers (the backbone and the
         prototypes have none)."""),
+    Param("joint_lr_schedule", "auto", [StrOptions({"auto", "cosine", "step"})],
+          '{"auto", "cosine", "step"}', """
+        How the joint stage's learning rates change. "step": multiplied by
+        ``joint_lr_gamma`` every ``joint_lr_step`` joint epochs (the
+        reference's schedule, made for thousands of steps per epoch);
+        "cosine": a half cosine from the base rates down to zero over the
+        whole joint stage, batch by batch, so that the schedule fits any
+        number of epochs; "auto" is "cosine" (see the user guide)."""),
     Param("joint_lr_step", 5, [_positive(numbers.Integral, 1)], "int", """
-        The joint stage's learning rates are multiplied by ``joint_lr_gamma``
-        every this many joint epochs."""),
+        With ``joint_lr_schedule="step"``, the joint stage's learning rates
+        are multiplied by ``joint_lr_gamma`` every this many joint
+        epochs."""),
     Param("joint_lr_gamma", 0.1, [Interval(numbers.Real, 0, 1, closed="right")], "float", """
-        Factor of the joint stage's step decay; 1.0 keeps the rates
-        constant."""),
+        Factor of the step schedule; 1.0 keeps the rates constant."""),
     Param("cluster_coef", 0.8, [_positive()], "float", """
         Weight of the cluster cost (the distance from each image to its
         nearest prototype of its own class) in the SGD loss."""),
@@ -246,9 +262,29 @@ HYPERPARAMETERS: tuple[Param, ...] = (
         it. Push, the last layer, predict and explain never augment."""),
     Param("validation_fraction", None, [None, Interval(numbers.Real, 0, 1, closed="neither")],
           "float or None", """
-        Hold out this stratified fraction from the SGD stages to monitor
-        ``valid_*`` metrics in ``history_``. Push and the last layer use all
-        samples.""", cli=_float_or("none")),
+        Hold out this stratified fraction of the images from every stage of
+        the fit (BatchNorm calibration, initialisation, the SGD stages, push
+        and the last layer) to monitor ``valid_*`` metrics in ``history_``
+        and, with ``early_stopping``, to choose the epoch. With
+        ``early_stopping=True`` and None, 0.1 is held out.""",
+          cli=_float_or("none")),
+    Param("early_stopping", False, ["boolean"], "bool", """
+        Stop the SGD stages when the held-out cross-entropy (``valid_ce``)
+        has not improved for ``n_iter_no_change`` epochs, restore the
+        network of the best epoch and end with a push and the last layer on
+        it (``best_epoch_``). Also at the end of the schedule the best epoch
+        is restored before the final push."""),
+    Param("n_iter_no_change", 5, [_positive(numbers.Integral, 1)], "int", """
+        Epochs without a lower ``valid_ce`` before ``early_stopping``
+        stops."""),
+    Param("class_weight", None, [None, StrOptions({"balanced"}), dict],
+          'None, "balanced" or dict', """
+        Weights of the classes in the SGD stages' loss (every per-image term:
+        cross-entropy, cluster and separation costs) and in the convex last
+        layer: a dict from label to weight, or "balanced" (n / (K * n_k), as
+        in scikit-learn). They multiply ``sample_weight`` of ``fit``; the
+        product is scaled to mean 1 over the training images, so only ratios
+        matter.""", cli=_class_weight_option),
     # -- resources and bookkeeping ---------------------------------------------
     Param("memory_budget", DEFAULT_MEMORY_BUDGET, [_positive(numbers.Integral)], "int", """
         Bytes of decoded images kept in memory during ``fit``; within it every
@@ -299,6 +335,16 @@ HYPERPARAMETERS: tuple[Param, ...] = (
 )
 
 BY_NAME = {p.name: p for p in HYPERPARAMETERS}
+
+#: The reference code's values of the parameters whose "auto" default
+#: chooses otherwise: ``ProtoPNetClassifier(**REFERENCE_SETTINGS, ...)`` trains
+#: on the reference's schedule (Adam, backbone rate 1e-4, step decay x0.1
+#: every 5 joint epochs). Every other default is already the reference's
+#: (the deliberate differences are listed in the docs).
+REFERENCE_SETTINGS = MappingProxyType({
+    "lr_backbone": 1e-4, "joint_lr_schedule": "step", "joint_lr_step": 5,
+    "joint_lr_gamma": 0.1,
+})
 PARAMETER_CONSTRAINTS = {p.name: list(p.constraints) for p in HYPERPARAMETERS}
 NOT_IN_IDENTITY = frozenset(p.name for p in HYPERPARAMETERS if not p.in_identity)
 

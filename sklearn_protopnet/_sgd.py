@@ -4,7 +4,7 @@
 ``get_loss`` adds the cluster and separation terms,
 ``get_all_learnable_params`` hands the optimiser only the unfrozen parts,
 ``infer`` and ``train_step`` add mixed precision and channels-last, and
-:class:`StepDecay` (a callback) sets the joint stage's step-decay schedule
+:class:`LrSchedule` (a callback) sets the joint stage's learning-rate schedule
 and :class:`BatchProgress` (another) advances the progress bar of
 ``verbose=1``. One ``partial_fit`` call is one epoch; the staged loop of
 :mod:`._training` decides which parts learn in it.
@@ -18,6 +18,8 @@ arrives in.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from skorch import NeuralNet
@@ -130,11 +132,24 @@ class ProtoPNetNet(NeuralNet):
         return step
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
+        """The objective on a batch; ``y_true`` is the labels, or (labels,
+        weights) for a data set with image weights (class and sample
+        weights, scaled to mean 1 over the training images), which then
+        multiply every per-image term."""
         logits, min_distances = y_pred
+        weight = None
+        if isinstance(y_true, (list, tuple)):
+            y_true, weight = y_true
+            weight = torch.as_tensor(weight, device=logits.device, dtype=logits.dtype)
         y_true = torch.as_tensor(y_true, device=logits.device).long()
-        ce = super().get_loss(logits, y_true, X=X, training=training)
+        if weight is None:
+            ce = super().get_loss(logits, y_true, X=X, training=training)
+        else:
+            ce = (torch.nn.functional.cross_entropy(logits, y_true, reduction="none")
+                  * weight).mean()
         module = self.module_
-        cluster, separation = prototype_losses(min_distances, y_true, module.prototype_class)
+        cluster, separation = prototype_losses(min_distances, y_true, module.prototype_class,
+                                               weight)
         loss = ce + self.cluster_coef * cluster - self.separation_coef * separation
         prefix = "train_" if training else "valid_"
         acc = (logits.argmax(dim=1) == y_true).float().mean()
@@ -148,23 +163,50 @@ class ProtoPNetNet(NeuralNet):
                 yield name, param
 
 
-class StepDecay(Callback):
-    """Per-group learning rate ``base_lr * gamma ** (stage_epoch // step)``.
+class LrSchedule(Callback):
+    """The joint stage's learning rates: ``base_lr`` times :meth:`factor`.
 
-    The position in the schedule is ``stage_epoch``, set by the stage runner,
-    so the schedule does not depend on how epochs are grouped into calls.
+    ``kind="step"``: ``gamma ** (stage_epoch // step)``, set per epoch (the
+    reference's). ``kind="cosine"``: ``(1 + cos(pi * t / epochs)) / 2`` at
+    ``t`` = the joint epochs done so far, batch by batch (``batches`` training
+    batches an epoch), from 1 at the stage's first batch towards 0 at its
+    end. The position is ``stage_epoch``, set by the stage runner, so the
+    schedule does not depend on how epochs are grouped into calls (or on a
+    resume). Outside the joint stage (``decay=False``) the factor is 1.
     """
 
-    def __init__(self, step: int, gamma: float):
+    def __init__(self, kind: str, step: int, gamma: float, epochs: int = 1,
+                 batches: int = 1):
+        self.kind = kind
         self.step = step
         self.gamma = gamma
+        self.epochs = max(int(epochs), 1)
+        self.batches = max(int(batches), 1)
         self.stage_epoch = 0
         self.decay = False
+        self._batch = 0
 
-    def on_epoch_begin(self, net, **kwargs):
-        factor = self.gamma ** (self.stage_epoch // self.step) if self.decay else 1.0
+    def factor(self, position: float) -> float:
+        """The rate multiplier ``position`` joint epochs into the stage."""
+        if not self.decay:
+            return 1.0
+        if self.kind == "step":
+            return self.gamma ** (int(position) // self.step)
+        return 0.5 * (1.0 + math.cos(math.pi * min(position / self.epochs, 1.0)))
+
+    def _apply(self, net, position: float) -> None:
+        factor = self.factor(position)
         for group in net.optimizer_.param_groups:
             group["lr"] = group["base_lr"] * factor
+
+    def on_epoch_begin(self, net, **kwargs):
+        self._batch = 0
+        self._apply(net, self.stage_epoch)
+
+    def on_batch_begin(self, net, batch=None, training=False, **kwargs):
+        if training and self.decay and self.kind == "cosine":
+            self._apply(net, self.stage_epoch + self._batch / self.batches)
+            self._batch += 1
 
 
 class BatchProgress(Callback):
@@ -203,4 +245,4 @@ class BatchProgress(Callback):
         self.bar.update(1)
 
 
-__all__ = ["BATCH_METRICS", "BatchProgress", "ProtoPNetNet", "StepDecay"]
+__all__ = ["BATCH_METRICS", "BatchProgress", "LrSchedule", "ProtoPNetNet"]

@@ -51,21 +51,31 @@ from ._network import ProtoPNet, off_class_l1
 from ._params import image_size_pair
 from ._progress import Progress
 from ._push import PushResult, push_prototypes
-from ._sgd import BATCH_METRICS, BatchProgress, ProtoPNetNet, StepDecay
-
+from ._sgd import BATCH_METRICS, BatchProgress, LrSchedule, ProtoPNetNet
 
 # ----------------------------------------------------------------------------
 # the "auto" rules
 # ----------------------------------------------------------------------------
+#: validation_fraction of early_stopping=True with validation_fraction=None
+EARLY_STOPPING_FRACTION = 0.1
+
+
 def resolve_auto(hp):
     """``hp`` with every "auto" value replaced by the value it stands for.
 
     ``lr_backbone="auto"``: 1e-4 (the reference's) for pretrained weights,
-    3e-4 for a randomly initialised backbone, which has everything to learn.
+    1e-3 for a randomly initialised backbone, which has everything to learn.
+    ``joint_lr_schedule="auto"``: "cosine". ``early_stopping`` without a
+    ``validation_fraction`` holds out 0.1. The user guide gives the
+    measurements behind each rule.
     """
     changes = {}
     if hp.lr_backbone == "auto":
-        changes["lr_backbone"] = 1e-4 if hp.weights is not None else 3e-4
+        changes["lr_backbone"] = 1e-4 if hp.weights is not None else 1e-3
+    if hp.joint_lr_schedule == "auto":
+        changes["joint_lr_schedule"] = "cosine"
+    if hp.early_stopping and hp.validation_fraction is None:
+        changes["validation_fraction"] = EARLY_STOPPING_FRACTION
     return dataclasses.replace(hp, **changes)
 
 
@@ -79,7 +89,8 @@ def draw_seed(random_state) -> int:
 # ----------------------------------------------------------------------------
 # one fit
 # ----------------------------------------------------------------------------
-def train(hp, source, y_enc: np.ndarray, classes: np.ndarray, device: torch.device) -> dict:
+def train(hp, source, y_enc: np.ndarray, classes: np.ndarray, device: torch.device,
+          sample_weight: np.ndarray | None = None) -> dict:
     """Fit a network on checked input; return the estimator's fitted attributes.
 
     Parameters
@@ -93,6 +104,8 @@ def train(hp, source, y_enc: np.ndarray, classes: np.ndarray, device: torch.devi
     classes : ndarray of shape (K,)
     device : torch.device
         Where the SGD stages, the push and the last layer's features run.
+    sample_weight : ndarray of float64, shape (n,), or None
+        Each image's weight (class weights times sample weights), checked.
 
     The global random states (torch, numpy, ``random``) are left as they were.
     """
@@ -100,7 +113,7 @@ def train(hp, source, y_enc: np.ndarray, classes: np.ndarray, device: torch.devi
     seed = draw_seed(hp.random_state)
     checkpoint = None
     if hp.checkpoint_dir is not None:
-        identity = training_identity(hp.as_dict(), source, classes, y_enc)
+        identity = training_identity(hp.as_dict(), source, classes, y_enc, sample_weight)
         checkpoint = Checkpoint(hp.checkpoint_dir, identity).load()
         if checkpoint.seed is None:
             checkpoint.seed = seed
@@ -108,13 +121,14 @@ def train(hp, source, y_enc: np.ndarray, classes: np.ndarray, device: torch.devi
     with random_states_kept([device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         state = _train(resolve_auto(hp), source, y_enc, classes, device, seed, log,
-                       checkpoint)
+                       checkpoint, sample_weight)
     if checkpoint is not None:
         checkpoint.remove()
     return state
 
 
-def _train(hp, source, y_enc, classes, device, seed, log, checkpoint) -> dict:
+def _train(hp, source, y_enc, classes, device, seed, log, checkpoint,
+           sample_weight=None) -> dict:
     t_start = time.perf_counter()
     image_size = image_size_pair(hp.image_size)
     built = build_backbone(hp.backbone, hp.weights, hp.normalize)
@@ -130,27 +144,40 @@ def _train(hp, source, y_enc, classes, device, seed, log, checkpoint) -> dict:
     cache = _decode_within_budget(source, image_size, hp, log)
     dataset = ImageDataset(source, image_size, y=y_enc, cache=cache)
     train_idx = np.arange(len(source))
-    valid_dataset = None
+    valid_idx = None
     if hp.validation_fraction is not None:
         from sklearn.model_selection import train_test_split
 
         train_idx, valid_idx = train_test_split(
             train_idx, test_size=hp.validation_fraction, stratify=y_enc, random_state=seed,
         )
-        valid_dataset = dataset.subset(valid_idx, transform=None)
-    train_dataset = dataset.subset(train_idx, transform=_augmentation(hp.augment, image_size))
+        train_idx = np.sort(train_idx)
+    weight = None
+    if sample_weight is not None:  # relative weights: mean 1 over the training images
+        weight = np.asarray(sample_weight, dtype=np.float64)
+        weight = weight / weight[train_idx].mean()
+    # the held-out images take part in no stage: every stage sees fit_dataset
+    # (or its augmented twin), whose positions map to the images by train_idx
+    fit_dataset = dataset.subset(train_idx, transform=None)
+    train_dataset = dataset.subset(train_idx, transform=_augmentation(hp.augment, image_size),
+                                   weight=weight)
+    valid_dataset = (None if valid_idx is None else
+                     dataset.subset(valid_idx, transform=None, weight=weight))
 
     history: list[dict] = []
     decoded_bytes = 0 if cache is None else cache.numel()
-    push = fit_stages(module, dataset, train_dataset, valid_dataset, y_enc, hp, device, log,
-                      history, checkpoint=checkpoint,
+    loop = fit_stages(module, fit_dataset, train_dataset, valid_dataset, y_enc[train_idx], hp,
+                      device, log, history, checkpoint=checkpoint,
                       latent_budget=hp.memory_budget - decoded_bytes,
-                      latent_bytes=4 * hp.prototype_dim * h * w)
+                      latent_bytes=4 * hp.prototype_dim * h * w,
+                      sample_weight=None if weight is None else weight[train_idx])
+    push = loop.result
+    source_index = train_idx[push.source_index]
     module.set_trainable(backbone=False, add_on=False, prototypes=False)
     module.eval()
     # the prototypes' boxes and crops on the training device, then the fitted
     # network goes to the CPU, where fitted state lives
-    parts = prototype_parts(module, source, push.source_index, geometry, image_size,
+    parts = prototype_parts(module, source, source_index, geometry, image_size,
                             hp.box_percentile, hp.batch_size, cache=cache, device=device,
                             box_rule=hp.box_rule)
     module.cpu()
@@ -158,9 +185,10 @@ def _train(hp, source, y_enc, classes, device, seed, log, checkpoint) -> dict:
     return parts | {
         "classes_": classes,
         "module_": module,
-        "prototype_source_index_": push.source_index.copy(),
+        "prototype_source_index_": source_index,
         "prototype_location_": push.location.copy(),
         "history_": history,
+        "best_epoch_": loop.best_epoch if hp.early_stopping else None,
         "image_size_": image_size,
         "feature_map_shape_": (h, w),
         "cell_geometry_": geometry,
@@ -224,26 +252,34 @@ def push_epochs(warm_epochs: int, joint_epochs: int, start: int, interval: int) 
     return [e for e in scheduled if e > 0] + [total]
 
 
-def training_steps(total: int, pushes: set) -> list[tuple[int, str]]:
+def training_steps(total: int, pushes: set, restore_best: bool = False
+                   ) -> list[tuple[int, str]]:
     """The fit as a list of ``(epoch, kind)`` steps; a checkpoint follows each.
 
     ``init`` is the BatchNorm calibration and the prototype initialisation
     (before epoch 1), ``sgd`` one epoch, ``push`` and ``last_layer`` the two
-    halves of a projection cycle.
+    halves of a projection cycle. With ``restore_best`` (early stopping), a
+    ``restore_best`` step (the network of the best epoch back) comes before
+    the final push; early stopping replaces the steps after an epoch by
+    :func:`final_steps`.
     """
     steps = [(0, "init")]
     for epoch in range(1, total + 1):
         steps.append((epoch, "sgd"))
-        if epoch in pushes:
+        if epoch in pushes and epoch < total:
             steps += [(epoch, "push"), (epoch, "last_layer")]
-    if total == 0:
-        steps += [(0, "push"), (0, "last_layer")]
-    return steps
+    return steps + final_steps(total, restore_best)
+
+
+def final_steps(epoch: int, restore_best: bool) -> list[tuple[int, str]]:
+    """The steps that end a fit after ``epoch``."""
+    return ([(epoch, "restore_best")] if restore_best else []) + [
+        (epoch, "push"), (epoch, "last_layer")]
 
 
 def _make_net(module, train_dataset, valid_dataset, hp, device, decay,
               batch_progress=None) -> ProtoPNetNet:
-    callbacks = [("step_decay", decay)]
+    callbacks = [("lr_schedule", decay)]
     if batch_progress is not None:
         callbacks.append(("batch_progress", batch_progress))
     for prefix, on_train in (("train_", True), ("valid_", False)):
@@ -291,61 +327,70 @@ def _make_net(module, train_dataset, valid_dataset, hp, device, decay,
 
 def fit_stages(module, dataset, train_dataset, valid_dataset, y_enc, hp, device, log,
                history: list, checkpoint=None, latent_budget: int = 0,
-               latent_bytes: int = 1) -> PushResult:
-    """Train ``module`` in place; return the push result of the final push.
+               latent_bytes: int = 1, sample_weight=None) -> _Loop:
+    """Train ``module`` in place; return the loop (``.result``: the final push).
 
-    ``latent_budget`` bytes may hold the latent maps of a push (``latent_bytes``
-    an image) so that the last layer after it needs no forward pass of its
-    own. Records of every step are appended to ``history``; ``log`` is the
-    fit's :class:`Progress` (messages and bars). With a
-    :class:`~._checkpoint.Checkpoint`, the training state is saved after
-    every step (see :func:`training_steps`), and a checkpoint holding a
-    state resumes after its last completed step.
+    ``dataset`` (unaugmented) and ``y_enc`` are the images every stage but
+    the SGD ones reads (calibration, initialisation, push, last layer);
+    ``train_dataset`` the SGD stages' (augmented); ``valid_dataset`` the
+    held-out images or None. ``sample_weight`` (per image of ``dataset``)
+    weighs the last layer's objective. ``latent_budget`` bytes may hold the
+    latent maps of a push (``latent_bytes`` an image) so that the last layer
+    after it needs no forward pass of its own. Records of every step are
+    appended to ``history``; ``log`` is the fit's :class:`Progress` (messages
+    and bars). With a :class:`~._checkpoint.Checkpoint`, the training state
+    is saved after every step (see :func:`training_steps`), and a checkpoint
+    holding a state resumes after its last completed step.
     """
-    decay = StepDecay(hp.joint_lr_step, hp.joint_lr_gamma)
+    train_batches = _train_batches(len(train_dataset), hp.batch_size)
+    decay = LrSchedule(hp.joint_lr_schedule, hp.joint_lr_step, hp.joint_lr_gamma,
+                       epochs=hp.joint_epochs, batches=train_batches)
     batch_progress = BatchProgress()
     net = _make_net(module, train_dataset, valid_dataset, hp, device, decay, batch_progress)
     pushes = set(push_epochs(hp.warm_epochs, hp.joint_epochs, hp.push_start,
                              hp.push_interval))
-    steps = training_steps(hp.warm_epochs + hp.joint_epochs, pushes)
+    steps = training_steps(hp.warm_epochs + hp.joint_epochs, pushes,
+                           restore_best=hp.early_stopping)
     net.initialize()
+    valid_batches = 0 if valid_dataset is None else math.ceil(len(valid_dataset)
+                                                              / hp.batch_size)
     loop = _Loop(module, net, decay, hp, device, log, history, batch_progress,
-                 _batches_per_epoch(len(train_dataset), valid_dataset, hp.batch_size),
-                 latent_budget=latent_budget, latent_bytes=latent_bytes)
-    first = 0
+                 train_batches + valid_batches, latent_budget=latent_budget,
+                 latent_bytes=latent_bytes, steps=steps, sample_weight=sample_weight)
+    index = 0
     if checkpoint is not None and checkpoint.state is not None:
-        first = loop.restore(checkpoint.state)
+        index = loop.restore(checkpoint.state)
     try:
-        for index in range(first, len(steps)):
-            epoch, kind = steps[index]
-            loop.run(kind, epoch, dataset, train_dataset, y_enc)
+        while index < len(loop.steps):
+            epoch, kind = loop.steps[index]
+            loop.run(kind, epoch, dataset, train_dataset, y_enc, index)
             if checkpoint is not None:
                 checkpoint.save(loop.state(index))
+            index += 1
     finally:
         loop.close_bars()  # also on Ctrl-C: the terminal is left clean
-    return loop.result
+    return loop
 
 
-def _batches_per_epoch(n_train: int, valid_dataset, batch_size: int) -> int:
-    """Training and validation batches of one epoch (see ``drop_last`` in
-    :func:`_make_net`)."""
+def _train_batches(n_train: int, batch_size: int) -> int:
+    """Training batches of one epoch (see ``drop_last`` in :func:`_make_net`)."""
     drop_last = n_train % batch_size == 1
-    n = n_train // batch_size if drop_last else math.ceil(n_train / batch_size)
-    if valid_dataset is not None:
-        n += math.ceil(len(valid_dataset) / batch_size)
-    return n
+    return n_train // batch_size if drop_last else math.ceil(n_train / batch_size)
 
 
 class _Loop:
     """The mutable state of the staged loop, and its checkpoint image.
 
     Everything the rest of the fit depends on is here or in the module: the
-    stage and where it started (the step-decay position), the optimiser of the
-    current stage, the last push result, the history and the RNG states.
+    stage and where it started (the schedule's position), the optimiser of the
+    current stage, the last push result, the steps still to run (early
+    stopping shortens them), the best epoch and its network (early
+    stopping), the history and the RNG states.
     """
 
     def __init__(self, module, net, decay, hp, device, log, history, batch_progress=None,
-                 batches_per_epoch=None, latent_budget=0, latent_bytes=1):
+                 batches_per_epoch=None, latent_budget=0, latent_bytes=1, steps=(),
+                 sample_weight=None):
         self.module = module
         self.net = net
         self.decay = decay
@@ -362,6 +407,11 @@ class _Loop:
         self.latents = None  # the last push's latent maps, until the last layer reads them
         self.latent_budget = latent_budget
         self.latent_bytes = latent_bytes  # of one image's latent map
+        self.steps = list(steps)
+        self.sample_weight = sample_weight
+        self.best_epoch = None  # early stopping: the epoch of the lowest valid_ce
+        self.best_score = math.inf
+        self.best_module = None  # ... and its network's state (on the CPU)
 
     def _enter_stage(self, stage: str, stage_start: int) -> None:
         self.stage = stage
@@ -371,7 +421,7 @@ class _Loop:
         self.net.initialize_optimizer()  # a fresh Adam per stage, as in the reference
         self.decay.decay = joint
 
-    def run(self, kind, epoch, dataset, train_dataset, y_enc) -> None:
+    def run(self, kind, epoch, dataset, train_dataset, y_enc, index=0) -> None:
         hp, module = self.hp, self.module
         if kind == "init":
             t0 = time.perf_counter()
@@ -404,12 +454,46 @@ class _Loop:
             stage_bar.set_postfix({k.removeprefix("train_"): f"{record[k]:.4g}" for k in
                                    ("train_loss", "train_acc", "valid_acc") if k in record})
             self.log(_format_epoch(record, hp.warm_epochs + hp.joint_epochs))
+            if hp.early_stopping:
+                self._early_stopping(record, epoch, index)
+        elif kind == "restore_best":
+            self._restore_best(epoch)
         elif kind == "push":
             self.result = self._push(dataset, y_enc, epoch)
         elif kind == "last_layer":
             self._last_layer(dataset, y_enc, epoch)
         else:  # pragma: no cover - the step list is built above
             raise ValueError(f"unknown training step {kind!r}")
+
+    def _early_stopping(self, record: dict, epoch: int, index: int) -> None:
+        """Keep the network of the lowest ``valid_ce``; after
+        ``n_iter_no_change`` epochs without one, replace the steps left by
+        the final ones (restore the best, push, last layer)."""
+        score = record["valid_ce"]
+        if score < self.best_score:
+            self.best_score, self.best_epoch = score, epoch
+            self.best_module = {k: v.detach().cpu().clone() for k, v in
+                                self.module.state_dict().items()}
+        stale = epoch - self.best_epoch
+        if stale >= self.hp.n_iter_no_change and index + 1 < len(self.steps) and \
+                self.steps[index + 1][1] != "restore_best":
+            self.steps[index + 1:] = final_steps(epoch, restore_best=True)
+            self.history.append({"stage": "early_stopping", "epoch": epoch,
+                                 "best_epoch": self.best_epoch,
+                                 "best_valid_ce": self.best_score})
+            self.log(f"[early stopping after epoch {epoch}] valid_ce has not improved "
+                     f"for {stale} epochs; best epoch {self.best_epoch} "
+                     f"(valid_ce {self.best_score:.4f})")
+
+    def _restore_best(self, epoch: int) -> None:
+        """The network of the best epoch back, before the final push."""
+        if self.best_module is not None and self.best_epoch != epoch:
+            self.module.load_state_dict(self.best_module)
+        self.history.append({"stage": "restore_best", "epoch": epoch,
+                             "best_epoch": self.best_epoch})
+        self.log(f"[restore] the network of epoch {self.best_epoch} (valid_ce "
+                 f"{self.best_score:.4f}) for the final push and last layer")
+        self.best_module = None  # not needed any more; keeps checkpoints small
 
     def _bar_of_stage(self, stage: str, epoch: int):
         """The bar over the epochs of ``stage``, made at its first epoch run
@@ -479,7 +563,8 @@ class _Loop:
             own = module.own_class_mask().cpu().numpy()
             W0 = module.last_layer.weight.detach().cpu().double().numpy()
             sol = solve_last_layer(S, y_enc, own, hp.last_layer_l1, hp.last_layer_l2, W0,
-                                   tol=hp.last_layer_tol, max_iter=hp.last_layer_max_iter)
+                                   tol=hp.last_layer_tol, max_iter=hp.last_layer_max_iter,
+                                   sample_weight=self.sample_weight)
         with torch.no_grad():
             module.last_layer.weight.copy_(torch.from_numpy(sol.weight))
         t2 = time.perf_counter()
@@ -518,6 +603,9 @@ class _Loop:
                 "distance": torch.from_numpy(result.distance),
             },
             "history": json.dumps(_plain(self.history)),
+            "steps": json.dumps(self.steps),
+            "best": {"epoch": self.best_epoch, "score": self.best_score,
+                     "module": self.best_module},
             "rng": get_rng_states(),
         }
 
@@ -532,6 +620,10 @@ class _Loop:
                                      state["push"]["location"].numpy().copy(),
                                      state["push"]["distance"].numpy().copy())
         self.history[:] = json.loads(state["history"])
+        self.steps = [tuple(s) for s in json.loads(state["steps"])]
+        best = state["best"]
+        self.best_epoch, self.best_score, self.best_module = (
+            best["epoch"], float(best["score"]), best["module"])
         step = int(state["step"])
         last_epoch = max([r["epoch"] for r in self.history if r.get("stage") in
                           ("warm", "joint")], default=0)
@@ -594,5 +686,6 @@ def _format_epoch(record, total) -> str:
     return " ".join(parts)
 
 
-__all__ = ["HIGHER_IS_BETTER", "Progress", "best_flags", "draw_seed", "fit_stages",
-           "push_epochs", "resolve_auto", "train", "training_steps"]
+__all__ = ["HIGHER_IS_BETTER", "Progress", "best_flags", "draw_seed",
+           "final_steps", "fit_stages", "push_epochs", "resolve_auto", "train",
+           "training_steps"]

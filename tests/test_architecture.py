@@ -163,8 +163,11 @@ def test_every_module_imports_on_its_own():
 # ----------------------------------------------------------------------------
 # the public surface
 # ----------------------------------------------------------------------------
+# functions and classes; the data constants (__version__, REFERENCE_SETTINGS)
+# are documented where they are defined
 PUBLIC = [getattr(sklearn_protopnet, n) for n in sklearn_protopnet.__all__
-          if n != "__version__"] + [getattr(backbones, n) for n in backbones.__all__]
+          if callable(getattr(sklearn_protopnet, n))] + [
+    getattr(backbones, n) for n in backbones.__all__]
 
 
 def _own_members(obj):

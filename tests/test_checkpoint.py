@@ -324,8 +324,13 @@ def test_keyboard_interrupt_in_push_or_last_layer_propagates(bar_data, tmp_path,
 SIGINT_SETTINGS = dict(SETTINGS, batch_size=2)  # 20 batches an epoch
 
 SIGINT_CHILD = """
+import signal
 import sys
 import time
+
+# a child started from a background job inherits SIGINT ignored, and Python
+# then installs no KeyboardInterrupt handler: install it, as a terminal has
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from sklearn_protopnet._sgd import ProtoPNetNet
 from tests.conftest import make_bar_images, tiny_classifier
@@ -379,8 +384,9 @@ def test_fit_interrupted_with_sigint_stops_within_a_batch_and_resumes(tmp_path, 
             child.wait()
     stderr = child.stderr.read()
     assert child.returncode != 0 and "KeyboardInterrupt" in stderr.splitlines()[-1], stderr
-    assert took < 4.0, took  # the 17 batches left would take 8.5 s
-    assert sum(line.startswith("BATCH") for line in after) <= 1, after
+    # within a batch: at most the batch running when the signal came printed
+    # after it (a wall-clock bound would measure the machine's load instead)
+    assert sum(line.startswith("BATCH") for line in after) <= 1, (after, took)
     assert not any("joint epoch 3/" in line or "FINISHED" in line for line in after), after
     state = _saved_state(tmp_path)
     assert state["step"] == 4

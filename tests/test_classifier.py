@@ -203,23 +203,35 @@ def test_user_backbone_is_not_trained_in_place(bar_data):
         assert torch.equal(v, before[k])
 
 
-def test_validation_fraction_records_validation_metrics(bar_data, monkeypatch):
+def test_validation_images_take_part_in_no_stage(bar_data, monkeypatch):
     from sklearn_protopnet import _training
 
-    seen = {"push": [], "last layer": []}  # images each push and last layer solve saw
+    seen = {}  # the image indices each stage read
 
     def recording(name, function):
         def wrapper(module, dataset, *args, **kwargs):
-            seen[name].append(len(dataset))
+            seen.setdefault(name, set()).update(dataset.indices.tolist())
             return function(module, dataset, *args, **kwargs)
         return wrapper
 
-    monkeypatch.setattr(_training, "push_prototypes",
-                        recording("push", _training.push_prototypes))
+    for name in ("push_prototypes", "calibrate_batchnorm"):
+        monkeypatch.setattr(_training, name, recording(name, getattr(_training, name)))
+    init = _training.initialise_prototypes
+    monkeypatch.setattr(_training, "initialise_prototypes",
+                        lambda kind, module, dataset, *a, **k: (
+                            seen.setdefault("init", set()).update(dataset.indices.tolist()),
+                            init(kind, module, dataset, *a, **k))[1])
+    net_fit = _training.ProtoPNetNet.partial_fit
+
+    def sgd(self, dataset, *args, **kwargs):
+        seen.setdefault("sgd", set()).update(dataset.indices.tolist())
+        return net_fit(self, dataset, *args, **kwargs)
+
+    monkeypatch.setattr(_training.ProtoPNetNet, "partial_fit", sgd)
     solve = _training.solve_last_layer
 
     def solving(S, *args, **kwargs):  # the last layer's features, however computed
-        seen["last layer"].append(len(S))
+        seen["last layer rows"] = len(S)
         return solve(S, *args, **kwargs)
 
     monkeypatch.setattr(_training, "solve_last_layer", solving)
@@ -227,16 +239,27 @@ def test_validation_fraction_records_validation_metrics(bar_data, monkeypatch):
     clf = tiny_classifier(validation_fraction=0.25).fit(images, labels)
     epochs = [r for r in clf.history_ if r["stage"] in ("warm", "joint")]
     assert all("valid_acc" in r and "valid_loss" in r for r in epochs)
-    # push and the last layer still see every sample, not only the 30 SGD ones ...
-    assert seen["push"] and set(seen["push"]) == {len(images)}
-    assert seen["last layer"] and set(seen["last layer"]) == {len(images)}
-    # ... so the last layer is optimal on the similarities of all 40 images
+    train_set = seen["push_prototypes"]
+    held_out = set(range(len(images))) - train_set
+    assert len(held_out) == 10 and np.bincount(labels[sorted(held_out)]).tolist() == [5, 5]
+    # no stage read a held-out image: calibration, initialisation, SGD, push
+    for stage in ("calibrate_batchnorm", "init", "sgd"):
+        assert seen[stage] <= train_set, stage
+    assert held_out.isdisjoint(clf.prototype_source_index_.tolist())
+    assert seen["last layer rows"] == 30
+    # the last layer is optimal on the 30 training images' similarities only
+    train_rows = sorted(train_set)
     S, W = clf.transform(images), clf.coef_
-    P = np.exp(S @ W.T)
-    P /= P.sum(axis=1, keepdims=True)
-    G = (P - np.eye(2)[labels]).T @ S / len(labels) + clf.last_layer_l2 * W
-    own = clf.classes_[:, None] == clf.prototype_class_[None, :]
-    assert np.abs(G[own]).max() < 1e-4
+
+    def own_gradient(rows):
+        P = np.exp(S[rows] @ W.T)
+        P /= P.sum(axis=1, keepdims=True)
+        G = (P - np.eye(2)[labels[rows]]).T @ S[rows] / len(rows) + clf.last_layer_l2 * W
+        own = clf.classes_[:, None] == clf.prototype_class_[None, :]
+        return np.abs(G[own]).max()
+
+    assert own_gradient(train_rows) < 1e-4
+    assert own_gradient(list(range(len(images)))) > 10 * own_gradient(train_rows)
     assert clf.history_[-1]["converged"]
 
 
