@@ -12,6 +12,9 @@ Each timing is the median of several runs, predict and explain alternating
 so that both see the same machine load; the ratio is of the two medians. Run:
 
     python benchmarks/explain_speed.py [--repeats 5]
+
+``--quick`` is a smoke test of a few seconds: 10 images per setting, the
+ResNet-18 at 64 px on 80 x 60 JPEGs, a 400 x 300 photo, one repeat.
 """
 
 from __future__ import annotations
@@ -68,7 +71,12 @@ def compare(name, clf, paths, repeats):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
+    n_small, n_photo, photo_files, photo_size, photo = 200, 60, (400, 300), 224, (4000, 3000)
+    if args.quick:
+        n_small, n_photo, photo_files, photo_size, photo = 10, 10, (80, 60), 64, (400, 300)
+        args.repeats = 1
     torch.manual_seed(0)
     common = dict(warm_epochs=0, joint_epochs=0, push_interval=0, augment=False,
                   random_state=0, device="cpu", prototypes_per_class=10)
@@ -77,44 +85,48 @@ def main() -> None:
           "explain + all 10 boxes read ms/image (ratio) |")
     print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        paths, y = write_images(tmp, 200, (32, 32), "png")
+        paths, y = write_images(tmp, n_small, (32, 32), "png")
         clf = ProtoPNetClassifier(backbone=SmallCNN(), image_size=32, prototype_dim=64,
                                   batch_size=64, **common).fit(paths, y)
         compare("SmallCNN, 32 px PNG", clf, paths, args.repeats)
     with tempfile.TemporaryDirectory() as tmp:
-        paths, y = write_images(tmp, 60, (400, 300), "jpg")
-        clf = ProtoPNetClassifier(backbone="resnet18", image_size=224, prototype_dim=128,
-                                  batch_size=32, **common).fit(paths, y)
-        compare("ResNet-18, 224 px, 400x300 JPEG", clf, paths, args.repeats)
-        photo_box(clf.cell_geometry_, args.repeats)
-        photo_sheet(clf, tmp, args.repeats)
+        paths, y = write_images(tmp, n_photo, photo_files, "jpg")
+        clf = ProtoPNetClassifier(backbone="resnet18", image_size=photo_size,
+                                  prototype_dim=128, batch_size=32, **common).fit(paths, y)
+        compare(f"ResNet-18, {photo_size} px, {photo_files[0]}x{photo_files[1]} JPEG", clf,
+                paths, args.repeats)
+        photo_box(clf.cell_geometry_, args.repeats, photo)
+        photo_sheet(clf, tmp, args.repeats, photo)
 
 
-def photo_box(geometry, repeats: int) -> None:
-    """One evidence box on a 12-megapixel photo: the similarity map upsampled
-    to 4000 x 3000 pixels and the percentile box, time and peak memory."""
+def photo_box(geometry, repeats: int, photo=(4000, 3000)) -> None:
+    """One evidence box on a 12-megapixel photo (``photo``, width x height):
+    the similarity map upsampled to its pixels and the percentile box, time
+    and peak memory."""
     import tracemalloc
 
     from sklearn_protopnet._geometry import box_from_map, upsample_map
 
+    width, height = photo
     cell_map = np.random.default_rng(0).random(geometry.feature_map_shape).astype(np.float32)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        box_from_map(upsample_map(cell_map, geometry, (3000, 4000)), 95)
+        box_from_map(upsample_map(cell_map, geometry, (height, width)), 95)
         times.append(time.perf_counter() - t0)
     tracemalloc.start()
-    box_from_map(upsample_map(cell_map, geometry, (3000, 4000)), 95)
+    box_from_map(upsample_map(cell_map, geometry, (height, width)), 95)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    print(f"\none box on a 4000 x 3000 photo (ResNet-18 map {geometry.feature_map_shape}): "
+    print(f"\none box on a {width} x {height} photo "
+          f"(ResNet-18 map {geometry.feature_map_shape}): "
           f"{1e3 * statistics.median(times):.0f} ms (median of {repeats}), "
           f"peak {peak / 2**20:.0f} MiB traced")
 
 
 
-def photo_sheet(clf, folder: str, repeats: int) -> None:
-    """The scoring sheet (5 + 5 evidence items) of a 12-megapixel JPEG:
+def photo_sheet(clf, folder: str, repeats: int, photo=(4000, 3000)) -> None:
+    """The scoring sheet (5 + 5 evidence items) of a 12-megapixel JPEG (``photo``):
     ``Explanation.save`` alone, time and peak memory (the boxes are read once
     before timing)."""
     import tracemalloc
@@ -122,7 +134,8 @@ def photo_sheet(clf, folder: str, repeats: int) -> None:
     from PIL import Image
 
     path = os.path.join(folder, "photo.jpg")
-    pixels = np.random.default_rng(1).integers(0, 256, (3000, 4000, 3), dtype=np.uint8)
+    width, height = photo
+    pixels = np.random.default_rng(1).integers(0, 256, (height, width, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(path, quality=85)
     (e,) = clf.explain([path], top_k=5)
     out = os.path.join(folder, "sheet.png")
@@ -136,7 +149,7 @@ def photo_sheet(clf, folder: str, repeats: int) -> None:
     e.save(out)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    print(f"scoring sheet of a 4000 x 3000 JPEG: {statistics.median(times):.2f} s "
+    print(f"scoring sheet of a {width} x {height} JPEG: {statistics.median(times):.2f} s "
           f"(median of {repeats}), peak {peak / 2**20:.0f} MiB traced")
 
 

@@ -29,8 +29,9 @@ pointing_game and locality (top 1) with the part boxes of the test images.
 
     python benchmarks/quality.py            # seeds 0-4 (bars, motif), 0-2 (decoys)
     python benchmarks/quality.py --data decoys --decoy-seeds 5
-    python benchmarks/quality.py --quick    # seed 0 for the bars, 3 for the motif,
-                                            # a 1-epoch decoy model on 6 images a class
+    python benchmarks/quality.py --quick    # smoke test: seed 0 for the bars, a 2-epoch
+                                            # small-data motif model (seed 3, 20 images
+                                            # a class), a 1-epoch decoy model (6 a class)
 """
 
 from __future__ import annotations
@@ -104,13 +105,13 @@ def bar_model(seed: int) -> ProtoPNetClassifier:
         augment=False, random_state=seed)
 
 
-def motif_model(setting: str, seed: int) -> ProtoPNetClassifier:
+def motif_model(setting: str, seed: int, joint_epochs: int = 20) -> ProtoPNetClassifier:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         backbone = SmallCNN(width=8)
     return ProtoPNetClassifier(
         backbone=backbone, image_size=32, prototypes_per_class=2, prototype_dim=16,
-        warm_epochs=2, joint_epochs=20, push_start=100, batch_size=16, augment=False,
+        warm_epochs=2, joint_epochs=joint_epochs, push_start=100, batch_size=16, augment=False,
         random_state=seed, **MOTIF_SETTINGS[setting])
 
 
@@ -162,8 +163,9 @@ def cell(value) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="smoke test: one seed per data set (0 for the bars, 3 for the "
-                             "motif), and a 1-epoch decoy model on 6 images a class")
+                        help="smoke test: seed 0 for the bars, a 2-epoch small-data motif "
+                             "model (seed 3, 20 images a class), a 1-epoch decoy model on 6 "
+                             "images a class")
     parser.add_argument("--seeds", type=int, default=5, help="seeds of the bars and motif")
     parser.add_argument("--decoy-seeds", type=int, default=3, help="seeds of the decoys")
     parser.add_argument("--decoy-per-class", type=int, default=100,
@@ -181,8 +183,8 @@ def main() -> None:
                 seeds = range(args.decoy_seeds)
             else:
                 seeds = [0 if data == "bars" else 3] if args.quick else range(args.seeds)
-            if args.quick and name == "decoys-small-data":
-                continue  # the smoke test fits one decoy model
+            if args.quick and name in ("decoys-small-data", "patches"):
+                continue  # the smoke test fits one model per data set
             runs += [(name, seed) for seed in seeds]
     print("| " + " | ".join(COLUMNS) + " |")
     print("|" + "---|" * len(COLUMNS))
@@ -197,10 +199,10 @@ def main() -> None:
             clf = bar_model(seed).fit(X, y)
         elif name in MOTIF_SETTINGS:
             torch.set_num_threads(1)
-            X, y, _ = make_motif_images(100, seed=seed)
+            X, y, _ = make_motif_images(20 if args.quick else 100, seed=seed)
             X_test, y_test, centres = make_motif_images(20, seed=100 + seed)
             parts = np.concatenate([centres - MOTIF / 2, centres + MOTIF / 2], axis=1)
-            clf = motif_model(name, seed).fit(X, y)
+            clf = motif_model(name, seed, 2 if args.quick else 20).fit(X, y)
         else:  # as benchmarks/decoys.py: torch's default threads, the same draws
             torch.set_num_threads(threads)
             n = args.decoy_per_class

@@ -16,6 +16,8 @@ largest difference between the resumed and the full model's probabilities on
 the training images (0 means identical). Run from the repository root:
 
     python benchmarks/resume.py --runs 3
+
+``--quick`` is a smoke test of a few seconds: one run on 64 images.
 """
 
 from __future__ import annotations
@@ -87,14 +89,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    n_images = N_IMAGES
+    if args.quick:
+        args.runs, n_images = 1, 64
 
     from sklearn_protopnet._demo import write_digits
 
     work = tempfile.mkdtemp(prefix="protopnet-resume-")
     paths, labels = write_digits(work)
-    paths, labels = paths[:N_IMAGES], labels[:N_IMAGES]
+    paths, labels = paths[:n_images], labels[:n_images]
     paths_file, labels_file = os.path.join(work, "paths.txt"), os.path.join(work, "y.npy")
     with open(paths_file, "w") as f:
         f.write("\n".join(paths))

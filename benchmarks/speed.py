@@ -25,9 +25,19 @@ noise; seed fixed), written as ``folder/class/i.png``, trained at 128 px;
 10 prototypes per class, prototype_dim=128, batch 80.
 
 Run (``--runs 3``: about 5-10 minutes on 2 cores; ``--quick`` is a smoke test
-of a few seconds: 48 images at 32 px, batch 16, one run):
+of a few seconds: 16 images at 32 px, batch 8, 2 reference epochs, one run):
 
     python benchmarks/speed.py [--runs 3] [--quick]
+
+``--fit-only`` runs our fit once and prints its phases, with the warm-up and
+joint epochs inside functions named ``warm_epoch`` and ``joint_epoch``, for a
+sampling profiler to tell them apart:
+
+    py-spy record -r 25 --format raw -o fit.txt -- python benchmarks/speed.py --fit-only
+
+On a GPU, ``--device cuda`` runs the plain epoch, our fit, the reference's
+last layer and inference there (``--mixed-precision``: our SGD stages under
+float16 autocast); the timings synchronise the device before each clock read.
 """
 
 from __future__ import annotations
@@ -95,7 +105,13 @@ def write_images(root: Path, n: int, size: int, seed: int = 0):
 # ----------------------------------------------------------------------------
 # the plain epoch
 # ----------------------------------------------------------------------------
-def plain_epoch(root: Path, image_size: int, batch_size: int) -> float:
+def sync(device) -> None:
+    """Wait for the device's queued work, so that a clock read after it is true."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def plain_epoch(root: Path, image_size: int, batch_size: int, device="cpu") -> float:
     """Seconds of one epoch of a plain ResNet-18 classifier over ImageFolder."""
     from torchvision import datasets, models, transforms
 
@@ -105,34 +121,40 @@ def plain_epoch(root: Path, image_size: int, batch_size: int) -> float:
         transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     ])
     data = datasets.ImageFolder(str(root), transform=transform)
+    cuda = torch.device(device).type == "cuda"
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True,
-                                         num_workers=0)
-    model = models.resnet18(weights=None, num_classes=N_CLASSES)
+                                         num_workers=0, pin_memory=cuda)
+    model = models.resnet18(weights=None, num_classes=N_CLASSES).to(device)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def step(x, y):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         opt.zero_grad()
         loss_fn(model(x), y).backward()
         opt.step()
 
     x, y = next(iter(loader))  # warm-up batch
     step(x, y)
+    sync(device)
     t0 = time.perf_counter()
     for x, y in loader:
         step(x, y)
+    sync(device)
     return time.perf_counter() - t0
 
 
 # ----------------------------------------------------------------------------
 # ours
 # ----------------------------------------------------------------------------
-def fit_ours(paths, labels, image_size: int, batch_size: int):
+def fit_ours(paths, labels, image_size: int, batch_size: int, device="cpu",
+             mixed_precision=False):
     clf = ProtoPNetClassifier(backbone="resnet18", weights=None, image_size=image_size,
                               prototypes_per_class=10, prototype_dim=128,
                               batch_size=batch_size, warm_epochs=1, joint_epochs=1,
-                              push_start=1000, random_state=0, device="cpu")
+                              push_start=1000, random_state=0, device=device,
+                              mixed_precision=mixed_precision)
     t0 = time.perf_counter()
     clf.fit(paths, labels)
     return clf, time.perf_counter() - t0
@@ -161,8 +183,11 @@ def phases(clf, wall: float) -> dict:
 # ----------------------------------------------------------------------------
 # the reference's last layer
 # ----------------------------------------------------------------------------
-def reference_last_layer(module, images: torch.Tensor, y: np.ndarray, batch_size: int):
-    """20 epochs of Adam on the last layer through the frozen network; seconds."""
+def reference_last_layer(module, images: torch.Tensor, y: np.ndarray, batch_size: int,
+                         epochs: int = REFERENCE_EPOCHS, device="cpu"):
+    """``epochs`` (20) epochs of Adam on the last layer through the frozen network
+    (moved to ``device`` and back); seconds."""
+    module.to(device)
     module.set_trainable(backbone=False, add_on=False, prototypes=False)
     module.eval()
     module.reset_last_layer()
@@ -174,17 +199,47 @@ def reference_last_layer(module, images: torch.Tensor, y: np.ndarray, batch_size
     data = torch.utils.data.TensorDataset(images, torch.as_tensor(y, dtype=torch.int64))
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True,
                                          generator=torch.Generator().manual_seed(0))
+    sync(device)
     t0 = time.perf_counter()
-    for _ in range(REFERENCE_EPOCHS):
+    for _ in range(epochs):
         for x, target in loader:
+            x, target = x.to(device, non_blocking=True), target.to(device, non_blocking=True)
             logits, _ = module(x)
             loss = loss_fn(logits, target) + REFERENCE_L1 * (weight * off).abs().sum()
             opt.zero_grad()
             loss.backward()
             opt.step()
+    sync(device)
     dur = time.perf_counter() - t0
     weight.requires_grad_(False)
+    module.cpu()
     return dur
+
+
+def fit_only(paths, labels, image_size, batch, device, mixed_precision) -> None:
+    """One fit of ours, its epochs marked for a profiler; print its phases."""
+    from sklearn_protopnet import _training
+
+    real = _training._Loop._sgd_epoch
+
+    def warm_epoch(loop, dataset, epoch):
+        return real(loop, dataset, epoch)
+
+    def joint_epoch(loop, dataset, epoch):
+        return real(loop, dataset, epoch)
+
+    def marked(loop, dataset, epoch):
+        epoch_fn = warm_epoch if epoch <= loop.hp.warm_epochs else joint_epoch
+        return epoch_fn(loop, dataset, epoch)
+
+    _training._Loop._sgd_epoch = marked
+    try:
+        clf, wall = fit_ours(paths, labels, image_size, batch, device, mixed_precision)
+    finally:
+        _training._Loop._sgd_epoch = real
+    print("| phase | seconds |\n|---|---|")
+    for name, value in phases(clf, wall).items():
+        print(f"| {name} | {value:.2f} |")
 
 
 def median_time(fn, runs: int) -> float:
@@ -201,20 +256,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--device", default="cpu", help="e.g. cuda: everything runs there")
+    parser.add_argument("--mixed-precision", action="store_true",
+                        help="our SGD stages under float16 autocast (CUDA only)")
+    parser.add_argument("--fit-only", action="store_true",
+                        help="one fit of ours, its epochs marked for a profiler")
     args = parser.parse_args()
     n, size, image_size, batch = 480, 64, 128, 80
+    reference_epochs = REFERENCE_EPOCHS
     if args.quick:
-        n, size, image_size, batch = 48, 32, 32, 16
-        args.runs = 1
+        n, size, image_size, batch = 16, 32, 32, 8
+        args.runs, reference_epochs = 1, 2
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "images"
         paths, labels = write_images(root, n, size)
+        if args.fit_only:
+            fit_only(paths, labels, image_size, batch, args.device, args.mixed_precision)
+            return
 
         plain_times, fits = [], []
         for _ in range(args.runs):
-            plain_times.append(plain_epoch(root, image_size, batch))
-            clf, wall = fit_ours(paths, labels, image_size, batch)
+            plain_times.append(plain_epoch(root, image_size, batch, args.device))
+            clf, wall = fit_ours(paths, labels, image_size, batch, args.device,
+                                 args.mixed_precision)
             fits.append(phases(clf, wall))
         plain = statistics.median(plain_times)
         ours = {k: statistics.median(f[k] for f in fits) for k in fits[0]}
@@ -235,10 +300,11 @@ def main() -> None:
         # the objectives, on the similarities of our inference pass
         own = module.own_class_mask().numpy()
         dataset = ImageDataset(source, (image_size, image_size), cache=images)
-        _, S = similarities(module, dataset, batch, "cpu")
+        _, S = similarities(module, dataset, batch, "cpu")  # the fitted module's device
         y = np.asarray(clf.classes_.searchsorted(labels))
         W_ours = module.last_layer.weight.detach().double().numpy().copy()
-        ref_dur = reference_last_layer(module, images, y, batch)
+        ref_dur = reference_last_layer(module, images, y, batch, reference_epochs,
+                                       args.device)
         W_ref = module.last_layer.weight.detach().double().numpy().copy()
         with torch.no_grad():  # our solution back in place
             module.last_layer.weight.copy_(torch.from_numpy(W_ours))
@@ -252,8 +318,9 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {n} images "
           f"({size} px PNG) at {image_size} px, batch {batch}, ResNet-18 from random "
-          f"weights; medians of {args.runs} runs (fit, plain epoch); plain epoch "
-          f"{plain:.2f} s")
+          f"weights; device {args.device}"
+          f"{', mixed precision' if args.mixed_precision else ''}; medians of {args.runs} "
+          f"runs (fit, plain epoch); plain epoch {plain:.2f} s")
     print()
     print("| phase | seconds | plain epochs |")
     print("|---|---|---|")
@@ -262,7 +329,8 @@ def main() -> None:
         print(f"| ours: {name} | {value:.2f} | {value / plain:.2f} |")
     print(f"| decode_all alone (timed apart; inside 'not recorded') | {decode_dur:.2f} | "
           f"{decode_dur / plain:.2f} |")
-    print(f"| reference last layer (20 Adam epochs) | {ref_dur:.2f} | {ref_dur / plain:.2f} |")
+    print(f"| reference last layer ({reference_epochs} Adam epochs) | {ref_dur:.2f} | "
+          f"{ref_dur / plain:.2f} |")
     print(f"| reference schedule (fit - our last layer + reference's) | {ref_schedule:.2f} | "
           f"{ref_schedule / plain:.2f} |")
     print(f"| predict_proba of {n} paths | {predict_dur:.2f} | {predict_dur / plain:.2f} |")
