@@ -255,7 +255,10 @@ def main(argv=None) -> None:
         Xtr, Xte, ytr, yte = train_test_split(paths, labels, test_size=0.25, stratify=labels,
                                               random_state=0)
         sets.append(("digits (32 px)", Xtr, ytr, Xte, yte, 32))
-    if "fashion" in args.data and os.path.isdir(FASHION):
+    if ("fashion" in args.data or args.pretrained) and not os.path.isdir(FASHION):
+        parser.error(f"Fashion-MNIST is not in {FASHION}: apt-get install "
+                     "dataset-fashion-mnist, or pass --data digits without --pretrained")
+    if "fashion" in args.data:
         n_train, n_test = (None, None) if args.full else (args.fashion_train, 2000)
         (Xtr, ytr), (Xte, yte) = fashion(args.out, n_train, n_test)
         sets.append((f"Fashion-MNIST {len(Xtr)}/{len(Xte)} (28 px)", Xtr, ytr, Xte, yte, 28))
