@@ -88,6 +88,13 @@ class SmallCNN(nn.Module):
     ----------
     width : int, default=32
         Channels of the first block; doubled by each strided block.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_protopnet.backbones import SmallCNN
+    >>> SmallCNN(width=8)(torch.zeros(2, 3, 32, 32)).shape
+    torch.Size([2, 32, 8, 8])
     """
 
     def __init__(self, width: int = 32):

@@ -71,6 +71,23 @@ class Evidence:
         The box rule's percentile of :attr:`box`.
     box_rule : {"peak", "percentile"}
         The box rule of :attr:`box` (see ``ProtoPNetClassifier(box_rule=...)``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_protopnet import ProtoPNetClassifier
+    >>> from sklearn_protopnet.backbones import SmallCNN
+    >>> X = np.zeros((8, 16, 16), np.uint8); X[:4, 7:9] = X[4:, :, 7:9] = 255  # bars
+    >>> y = np.repeat(["horizontal", "vertical"], 4)
+    >>> clf = ProtoPNetClassifier(backbone=SmallCNN(width=4), image_size=16,
+    ...                           prototypes_per_class=1, prototype_dim=4, warm_epochs=0,
+    ...                           joint_epochs=1, random_state=0).fit(X, y)
+    >>> item = clf.explain(X[:1])[0].evidence[0]  # the top term of the logit
+    >>> bool(np.isclose(item.contribution, item.similarity * item.weight))
+    True
+    >>> x0, y0, x1, y1 = item.box  # in the pixels of X[0]
+    >>> item.activation_map.shape  # the similarity map upsampled to X[0]
+    (16, 16)
     """
 
     prototype: int
@@ -133,6 +150,23 @@ class PrototypeParts:
         The box rule's percentile of ``box`` and ``crop``, set at fit.
     box_rule : {"peak", "percentile"}
         The box rule of ``box`` and ``crop``, set at fit.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_protopnet import ProtoPNetClassifier
+    >>> from sklearn_protopnet.backbones import SmallCNN
+    >>> X = np.zeros((8, 16, 16), np.uint8); X[:4, 7:9] = X[4:, :, 7:9] = 255  # bars
+    >>> y = np.repeat(["horizontal", "vertical"], 4)
+    >>> clf = ProtoPNetClassifier(backbone=SmallCNN(width=4), image_size=16,
+    ...                           prototypes_per_class=1, prototype_dim=4, warm_epochs=0,
+    ...                           joint_epochs=1, random_state=0).fit(X, y)
+    >>> from sklearn_protopnet import PrototypeParts
+    >>> parts = PrototypeParts.of(clf)
+    >>> parts.prototype_class.tolist()
+    ['horizontal', 'vertical']
+    >>> parts.source_name(0)  # fit was given an array, not files
+    'X[...] of fit'
     """
 
     prototype_class: np.ndarray
@@ -221,6 +255,23 @@ class Explanation:
         The box rule of this image's evidence boxes.
     prototypes : PrototypeParts
         The "that" side: every prototype's crop, source and box.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_protopnet import ProtoPNetClassifier
+    >>> from sklearn_protopnet.backbones import SmallCNN
+    >>> X = np.zeros((8, 16, 16), np.uint8); X[:4, 7:9] = X[4:, :, 7:9] = 255  # bars
+    >>> y = np.repeat(["horizontal", "vertical"], 4)
+    >>> clf = ProtoPNetClassifier(backbone=SmallCNN(width=4), image_size=16,
+    ...                           prototypes_per_class=1, prototype_dim=4, warm_epochs=0,
+    ...                           joint_epochs=1, random_state=0).fit(X, y)
+    >>> e = clf.explain(X[:1], top_k=None)[0]  # every prototype: the full sum
+    >>> e.predicted == clf.predict(X[:1])[0]
+    True
+    >>> bool(np.isclose(sum(i.contribution for i in e.evidence), e.logit()))
+    True
+    >>> e.save("sheet.png")  # the scoring sheet; in a notebook, just show e
     """
 
     name: str

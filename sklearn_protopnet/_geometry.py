@@ -76,6 +76,21 @@ class CellGeometry:
     method : {"probed", "tiled"}
         "probed" when measured on the backbone, "tiled" when the even-tiling
         fallback was used.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_protopnet import ProtoPNetClassifier
+    >>> from sklearn_protopnet.backbones import SmallCNN
+    >>> X = np.zeros((8, 16, 16), np.uint8); X[:4, 7:9] = X[4:, :, 7:9] = 255  # bars
+    >>> y = np.repeat(["horizontal", "vertical"], 4)
+    >>> clf = ProtoPNetClassifier(backbone=SmallCNN(width=4), image_size=16,
+    ...                           prototypes_per_class=1, prototype_dim=4, warm_epochs=0,
+    ...                           joint_epochs=1, random_state=0).fit(X, y)
+    >>> clf.cell_geometry_.feature_map_shape  # SmallCNN: a quarter of 16 px
+    (4, 4)
+    >>> clf.cell_geometry_.stride
+    (4.0, 4.0)
     """
 
     image_size: tuple[int, int]

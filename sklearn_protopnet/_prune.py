@@ -46,6 +46,22 @@ class NearestPatches:
         Squared latent distances, ascending.
     location : ndarray of shape (m, k, 2)
         (row, column) of the nearest cell in each of those images.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_protopnet import ProtoPNetClassifier
+    >>> from sklearn_protopnet.backbones import SmallCNN
+    >>> X = np.zeros((8, 16, 16), np.uint8); X[:4, 7:9] = X[4:, :, 7:9] = 255  # bars
+    >>> y = np.repeat(["horizontal", "vertical"], 4)
+    >>> clf = ProtoPNetClassifier(backbone=SmallCNN(width=4), image_size=16,
+    ...                           prototypes_per_class=1, prototype_dim=4, warm_epochs=0,
+    ...                           joint_epochs=1, random_state=0).fit(X, y)
+    >>> near = clf.nearest_patches(X, k=3)
+    >>> near.index.shape, near.distance.shape, near.location.shape
+    ((2, 3), (2, 3), (2, 3, 2))
+    >>> bool(np.all(np.diff(near.distance, axis=1) >= 0))  # nearest first
+    True
     """
 
     index: np.ndarray

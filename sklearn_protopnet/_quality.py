@@ -156,6 +156,23 @@ class StabilityResult:
         Noisy copies per image.
     top_k : int
         Prototypes compared per image.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_protopnet import ProtoPNetClassifier
+    >>> from sklearn_protopnet.backbones import SmallCNN
+    >>> X = np.zeros((8, 16, 16), np.uint8); X[:4, 7:9] = X[4:, :, 7:9] = 255  # bars
+    >>> y = np.repeat(["horizontal", "vertical"], 4)
+    >>> clf = ProtoPNetClassifier(backbone=SmallCNN(width=4), image_size=16,
+    ...                           prototypes_per_class=1, prototype_dim=4, warm_epochs=0,
+    ...                           joint_epochs=1, random_state=0).fit(X, y)
+    >>> from sklearn_protopnet import evidence_stability
+    >>> result = evidence_stability(clf, X, noise_std=0, n_repeats=1, top_k=1)
+    >>> result.top1_unchanged_rate  # no noise: nothing moves
+    1.0
+    >>> result.summary()["mean_jaccard"]
+    1.0
     """
 
     jaccard: np.ndarray
@@ -353,6 +370,23 @@ class DeletionResult:
         Its drop when the evidence box is masked.
     random_logit_drop : ndarray of shape (n, n_random)
         Its drop for each random box.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_protopnet import ProtoPNetClassifier
+    >>> from sklearn_protopnet.backbones import SmallCNN
+    >>> X = np.zeros((8, 16, 16), np.uint8); X[:4, 7:9] = X[4:, :, 7:9] = 255  # bars
+    >>> y = np.repeat(["horizontal", "vertical"], 4)
+    >>> clf = ProtoPNetClassifier(backbone=SmallCNN(width=4), image_size=16,
+    ...                           prototypes_per_class=1, prototype_dim=4, warm_epochs=0,
+    ...                           joint_epochs=1, random_state=0).fit(X, y)
+    >>> from sklearn_protopnet import deletion_check
+    >>> result = deletion_check(clf, X, n_random=2, random_state=0)
+    >>> result.random_similarity_drop.shape  # (images, random boxes)
+    (8, 2)
+    >>> 0.0 <= result.summary()["similarity_win_rate"] <= 1.0
+    True
     """
 
     prototype: np.ndarray
@@ -595,6 +629,23 @@ class DuplicatesResult:
         Euclidean distances between the prototypes' latent vectors.
     tol : float
         The distance below which two prototypes are duplicates.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_protopnet import ProtoPNetClassifier
+    >>> from sklearn_protopnet.backbones import SmallCNN
+    >>> X = np.zeros((8, 16, 16), np.uint8); X[:4, 7:9] = X[4:, :, 7:9] = 255  # bars
+    >>> y = np.repeat(["horizontal", "vertical"], 4)
+    >>> clf = ProtoPNetClassifier(backbone=SmallCNN(width=4), image_size=16,
+    ...                           prototypes_per_class=1, prototype_dim=4, warm_epochs=0,
+    ...                           joint_epochs=1, random_state=0).fit(X, y)
+    >>> from sklearn_protopnet import prototype_duplicates
+    >>> result = prototype_duplicates(clf)
+    >>> result.distance.shape  # between the 2 prototypes
+    (2, 2)
+    >>> result.n_redundant == sum(len(g) - 1 for g in result.groups)
+    True
     """
 
     groups: list
@@ -735,6 +786,23 @@ class PurityResult:
         The nearest patches the score was counted on.
     k : int
         Patches per prototype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_protopnet import ProtoPNetClassifier
+    >>> from sklearn_protopnet.backbones import SmallCNN
+    >>> X = np.zeros((8, 16, 16), np.uint8); X[:4, 7:9] = X[4:, :, 7:9] = 255  # bars
+    >>> y = np.repeat(["horizontal", "vertical"], 4)
+    >>> clf = ProtoPNetClassifier(backbone=SmallCNN(width=4), image_size=16,
+    ...                           prototypes_per_class=1, prototype_dim=4, warm_epochs=0,
+    ...                           joint_epochs=1, random_state=0).fit(X, y)
+    >>> from sklearn_protopnet import prototype_purity
+    >>> result = prototype_purity(clf, X, y, k=4)
+    >>> result.purity.shape
+    (2,)
+    >>> bool(0.0 <= result.mean_purity <= 1.0)
+    True
     """
 
     purity: np.ndarray
@@ -886,6 +954,21 @@ class PointingGameResult:
         The items' prototypes, largest contribution first.
     peak : {"cell", "map"}
         How the peak was found.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_protopnet import ProtoPNetClassifier
+    >>> from sklearn_protopnet.backbones import SmallCNN
+    >>> X = np.zeros((8, 16, 16), np.uint8); X[:4, 7:9] = X[4:, :, 7:9] = 255  # bars
+    >>> y = np.repeat(["horizontal", "vertical"], 4)
+    >>> clf = ProtoPNetClassifier(backbone=SmallCNN(width=4), image_size=16,
+    ...                           prototypes_per_class=1, prototype_dim=4, warm_epochs=0,
+    ...                           joint_epochs=1, random_state=0).fit(X, y)
+    >>> from sklearn_protopnet import pointing_game
+    >>> result = pointing_game(clf, X, [(0, 0, 16, 16)] * 8)  # the whole image
+    >>> result.score, result.hits.shape
+    (1.0, (8, 1))
     """
 
     hits: np.ndarray
@@ -1004,6 +1087,21 @@ class LocalityResult:
         True where the evidence box and the union share a pixel.
     prototype : ndarray of shape (n, top_k)
         The items' prototypes, largest contribution first.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_protopnet import ProtoPNetClassifier
+    >>> from sklearn_protopnet.backbones import SmallCNN
+    >>> X = np.zeros((8, 16, 16), np.uint8); X[:4, 7:9] = X[4:, :, 7:9] = 255  # bars
+    >>> y = np.repeat(["horizontal", "vertical"], 4)
+    >>> clf = ProtoPNetClassifier(backbone=SmallCNN(width=4), image_size=16,
+    ...                           prototypes_per_class=1, prototype_dim=4, warm_epochs=0,
+    ...                           joint_epochs=1, random_state=0).fit(X, y)
+    >>> from sklearn_protopnet import locality
+    >>> result = locality(clf, X, [(0, 0, 16, 16)] * 8)  # the whole image
+    >>> round(result.mean_energy, 6)
+    1.0
     """
 
     energy: np.ndarray
