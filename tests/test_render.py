@@ -226,8 +226,10 @@ def test_html_report_is_self_contained(fitted, bar_files, tmp_path):
     out = fitted.report(paths[:2], tmp_path / "sub" / "report.html", top_k=2)
     text = open(out, encoding="utf-8").read()
     assert "<html" in text and text.count("<section") == 2
-    sources = re.findall(r"src='([^']+)'", text)
-    assert len(sources) == 3  # the gallery and two sheets
+    sources = re.findall(r"data-src='([^']+)'", text)
+    # each prototype's crop and source, and two sheets; nothing outside the file
+    assert len(sources) == 2 * fitted.n_prototypes_ + 2
+    assert not re.search(r"""\ssrc=['"]""", text)
     for src in sources:
         assert src.startswith("data:image/png;base64,")
         Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).verify()
