@@ -1,4 +1,6 @@
-"""How good are the explanations? The six quality metrics on images with decoys.
+"""
+How good are the explanations? The quality metrics on images with decoys
+========================================================================
 
 A ProtoPNet explanation is exact about what the model computed ("this part
 of the image looks like that prototype, similarity x weight = contribution");
@@ -30,14 +32,11 @@ the part.
 The model: a user's small CNN, 30 training images per class, 2 warm-up and 18
 joint epochs, ``separation_coef=0.4`` and ``joint_lr_gamma=1.0`` (the
 small-data settings of benchmarks/quality.py). About 20 s on a free 2-core
-CPU (40 s with another job on it), most of it the fit:
-
-    python examples/explanation_quality.py --out quality-example
-
-It writes ``scoring_sheet.png`` (the explanation of the first test image)
-and ``prototype_gallery.png`` into the output folder, and prints, for the
-gallery, which prototypes were projected onto a part, onto a decoy or next to
-an object, and which are duplicates.
+CPU (40 s with another job on it), most of it the fit. It draws the metrics
+against their controls, the explanation of the first test image and the
+prototype gallery, and prints, for the gallery, which prototypes were
+projected onto a part, onto a decoy or next to an object, and which are
+duplicates.
 """
 
 # %%
@@ -45,10 +44,11 @@ an object, and which are duplicates.
 # ------------------------------------------------------------
 from __future__ import annotations
 
-import argparse
 import pathlib
+import tempfile
 import time
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from torch import nn
@@ -64,11 +64,7 @@ from sklearn_protopnet import (
 )
 from sklearn_protopnet._synthetic import PART, SHAPES, make_decoy_images
 
-parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-parser.add_argument("--out", default="quality-example", help="output folder")
-args, _ = parser.parse_known_args()
-out = pathlib.Path(args.out)
-out.mkdir(parents=True, exist_ok=True)
+out = pathlib.Path(tempfile.mkdtemp())  # the pictures are written here
 
 SIZE = 40
 NAMES = np.array([f"{colour} {shape}" for colour, shape in
@@ -159,6 +155,25 @@ print(f"{len(duplicates.groups)} groups of duplicate prototypes: merging them wo
       f"{np.mean(purity.purity < 0.5):.0%} have purity below one half.")
 
 # %%
+# The part against its control, as bars: the share of test images whose top
+# evidence peaks on the part (or on a decoy), and the share of its activation
+# that lies there, each next to what a model that pointed at random would
+# score.
+fig, ax = plt.subplots(figsize=(7, 3.5))
+rows = [("pointing game", pointing.score, pointing_decoys.score),
+        ("locality (energy)", local.mean_energy, local_decoys.mean_energy)]
+for i, (_name, part_value, decoy_value) in enumerate(rows):
+    ax.bar(i - 0.27, part_value, 0.25, color="tab:green", label="part" if i == 0 else None)
+    ax.bar(i, decoy_value, 0.25, color="tab:red", label="decoys" if i == 0 else None)
+    ax.bar(i + 0.27, chance_part, 0.25, color="tab:grey",
+           label="chance (part)" if i == 0 else None)
+ax.set_xticks(range(len(rows)), [r[0] for r in rows])
+ax.set_ylim(0, 1)
+ax.set_ylabel("score")
+ax.legend()
+fig.tight_layout()
+
+# %%
 # The pictures: one scoring sheet and the prototype gallery
 # ---------------------------------------------------------
 # The first test image's explanation, and where its top evidence points.
@@ -205,4 +220,15 @@ for place, js in on.items():
     print(f"  {place}: {len(js)}" + (f" {js}" if 0 < len(js) <= 10 else ""))
 print("duplicate groups:", [g.tolist() for g in duplicates.groups])
 clf.prototype_gallery(out / "prototype_gallery.png")
-print(f"wrote {out / 'scoring_sheet.png'} and {out / 'prototype_gallery.png'}")
+
+
+def show(path):
+    """Show a PNG at its own pixel size (no resampling of the text)."""
+    image = plt.imread(path)
+    fig = plt.figure(figsize=(image.shape[1] / 100, image.shape[0] / 100), dpi=100)
+    fig.figimage(image)
+
+
+show(out / "scoring_sheet.png")
+show(out / "prototype_gallery.png")
+plt.show()
