@@ -8,11 +8,14 @@ public names with numpydoc docstrings; the examples gallery runs every
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 
 import torch
 
 import sklearn_protopnet
+
+sys.path.insert(0, os.path.dirname(__file__))  # docs/_gallery_order.py
 
 # The gallery runs its examples in this process. One intra-op thread, as in
 # tests/conftest.py: on small tensors a second thread only adds
@@ -74,11 +77,7 @@ sphinx_gallery_conf = {
     "filename_pattern": r"/plot_",
     "ignore_pattern": r"/_",  # helpers, not examples
     # a newcomer's order: first fit, reading it, tuning, then the rest
-    "within_subsection_order": [
-        "plot_quickstart.py", "plot_own_images.py", "plot_reading_an_explanation.py",
-        "plot_grid_search.py", "plot_pipeline.py", "plot_save_load_prune.py",
-        "plot_explanation_quality.py",
-    ],
+    "within_subsection_order": "_gallery_order.NewcomerOrder",
     "download_all_examples": False,
     "remove_config_comments": True,
     "abort_on_example_error": True,

@@ -136,6 +136,15 @@ def show(path):
 show(root / "sheet.png")
 
 # %%
+# Read the boxes, not only the numbers. A box on the object says the
+# prototype matched a part of it; a box at the image's edge says it matched
+# the border, which every image has (the backbone's zero padding) and which
+# therefore tells the classes apart only by accident. With random weights
+# and 36 images some prototypes end up there; pretrained weights and more
+# images make it rarer, and ``clf.prune(X_train, y_train)`` removes
+# prototypes whose nearest training patches mostly belong to other classes.
+
+# %%
 # A report of many images, and the saved model
 # --------------------------------------------
 # ``report`` writes one self-contained HTML file: a summary, the prototype
