@@ -696,7 +696,7 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         return image
 
     def report(self, X, path, top_k=5) -> str:
-        """Write a self-contained HTML report: the gallery and X's explanations.
+        """Write a self-contained HTML report: a summary, the prototypes and X's explanations.
 
         Parameters
         ----------

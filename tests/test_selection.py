@@ -188,6 +188,9 @@ def test_auto_rules_and_the_reference_settings():
     pretrained = _training.resolve_auto(Hyperparameters.of(
         ProtoPNetClassifier(weights="DEFAULT", early_stopping=True)))
     assert pretrained.lr_backbone == 1e-4 and pretrained.validation_fraction == 0.1
+    own = _training.resolve_auto(Hyperparameters.of(
+        ProtoPNetClassifier(backbone=torch.nn.Conv2d(3, 4, 3), weights="cnn.pt")))
+    assert own.lr_backbone == 1e-3
     reference = _training.resolve_auto(Hyperparameters.of(
         ProtoPNetClassifier(**REFERENCE_SETTINGS)))
     assert (reference.lr_backbone, reference.joint_lr_schedule, reference.joint_lr_step,
