@@ -20,8 +20,9 @@ sys.path.insert(0, os.path.dirname(__file__))  # docs/_gallery_order.py
 # The gallery runs its examples in this process. One intra-op thread, as in
 # tests/conftest.py: on small tensors a second thread only adds
 # synchronisation, and on a shared machine OpenMP threads waiting for a busy
-# core made the examples' fits several times slower (a 2 + 12 epoch fit on 80
-# images: 37 s of CPU with 2 threads, 7 s with one, on a loaded 2-core box).
+# core made the examples' fits several times slower. A 2 + 12 epoch fit on 80
+# decoy images on 2 cores: 75 s with 2 threads and 14 s with one under a load
+# of about 10; 6.4 s and 7.4 s on an idle machine.
 torch.set_num_threads(1)
 
 project = "sklearn-protopnet"
