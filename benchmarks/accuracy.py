@@ -306,7 +306,7 @@ def main(argv=None) -> None:
         for label in (["twin"] if twin else []) + list(settings):
             rows = [r for r in results if r["data"] == name and r["model"] == label]
             acc = np.array([r["acc"] for r in rows])
-            gap = time_ratio = ""
+            gap = time_ratio = "-"  # the twin's own row
             if twin and label != "twin":
                 gap = f"{100 * (acc.mean() - np.mean([r['acc'] for r in twin])):+.1f} pts"
                 ratio = np.median([r["dur"] for r in rows]) / np.median([r["dur"] for r in twin])

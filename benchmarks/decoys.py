@@ -34,7 +34,8 @@ SIZE = 40
 RULES = (("peak", 95.0), ("peak", 90.0), ("percentile", 95.0))
 SETTINGS = {
     "defaults": {},
-    "small-data": {"separation_coef": 0.4, "joint_lr_gamma": 1.0},
+    "small-data": {"separation_coef": 0.4, "joint_lr_gamma": 1.0,
+                   "joint_lr_schedule": "step", "lr_backbone": 3e-4},
 }
 
 

@@ -34,7 +34,8 @@ ROWS = {
     "patches-uncalibrated": ("patches", False, {}),
     "patches": ("patches", True, {}),
     "discriminative": ("discriminative", True, {}),
-    "small-data": ("discriminative", True, dict(separation_coef=0.4, joint_lr_gamma=1.0)),
+    "small-data": ("discriminative", True, dict(separation_coef=0.4, joint_lr_gamma=1.0,
+                                                  joint_lr_schedule="step", lr_backbone=3e-4)),
 }
 
 

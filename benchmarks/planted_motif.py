@@ -44,8 +44,9 @@ SETTINGS = {
     "patches": dict(prototype_init="patches"),
     "reference": dict(),
     "separation": dict(separation_coef=0.4),
-    "constant-lr": dict(joint_lr_gamma=1.0),
-    "small-data": dict(separation_coef=0.4, joint_lr_gamma=1.0),
+    "constant-lr": dict(joint_lr_gamma=1.0, joint_lr_schedule="step", lr_backbone=3e-4),
+    "small-data": dict(separation_coef=0.4, joint_lr_gamma=1.0, joint_lr_schedule="step",
+                       lr_backbone=3e-4),
 }
 
 

@@ -62,12 +62,14 @@ from decoys import SIZE as DECOY_SIZE  # noqa: E402  (the same model as benchmar
 from decoys import user_cnn  # noqa: E402
 
 MOTIF_SETTINGS = {
-    "small-data": dict(separation_coef=0.4, joint_lr_gamma=1.0),
+    "small-data": dict(separation_coef=0.4, joint_lr_gamma=1.0, joint_lr_schedule="step",
+                       lr_backbone=3e-4),
     "patches": dict(prototype_init="patches"),
 }
 DECOY_SETTINGS = {
     "decoys-defaults": {},
-    "decoys-small-data": dict(separation_coef=0.4, joint_lr_gamma=1.0),
+    "decoys-small-data": dict(separation_coef=0.4, joint_lr_gamma=1.0,
+                              joint_lr_schedule="step", lr_backbone=3e-4),
 }
 DATA = {"bars": ("bars",), "motif": tuple(MOTIF_SETTINGS), "decoys": tuple(DECOY_SETTINGS)}
 

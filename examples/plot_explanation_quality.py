@@ -96,7 +96,8 @@ def user_cnn(seed: int) -> nn.Module:
 t0 = time.perf_counter()
 clf = ProtoPNetClassifier(
     backbone=user_cnn(0), image_size=SIZE, prototype_dim=64, warm_epochs=2,
-    joint_epochs=18, separation_coef=0.4, joint_lr_gamma=1.0, random_state=0,
+    joint_epochs=18, separation_coef=0.4, joint_lr_gamma=1.0, joint_lr_schedule="step",
+    lr_backbone=3e-4, random_state=0,
 ).fit(X, y)
 print(f"fitted {clf.n_prototypes_} prototypes in {time.perf_counter() - t0:.0f} s; "
       f"test accuracy {clf.score(X_test, y_test):.2f}")

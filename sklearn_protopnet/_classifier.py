@@ -695,7 +695,7 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
             image.save(path, format="PNG")
         return image
 
-    def report(self, X, path, top_k=5) -> str:
+    def report(self, X, path, top_k=5, y=None) -> str:
         """Write a self-contained HTML report: a summary, the prototypes and X's explanations.
 
         Parameters
@@ -706,6 +706,10 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
             The HTML file to write.
         top_k : int or None, default=5
             Evidence items per class, as in :meth:`explain`.
+        y : array-like of shape (n,), default=None
+            The true labels of X, if known: the summary then gives the
+            accuracy and the correct counts per class, and marks the wrong
+            predictions.
 
         Returns
         -------
@@ -731,4 +735,4 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "module_")
         from ._report import write_report
 
-        return write_report(self, X, path, top_k=top_k)
+        return write_report(self, X, path, top_k=top_k, y=y)

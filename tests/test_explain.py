@@ -277,6 +277,7 @@ def test_prototypes_and_top_evidence_find_a_planted_motif():
         clf = tiny_classifier(backbone=backbone, image_size=32, prototypes_per_class=2,
                               prototype_dim=16, warm_epochs=2, joint_epochs=20,
                               push_start=100, separation_coef=0.4, joint_lr_gamma=1.0,
+                              joint_lr_schedule="step", lr_backbone=3e-4,
                               random_state=seed).fit(X, y)
         stride = clf.cell_geometry_.stride
         for i, (r, c) in zip(clf.prototype_source_index_, clf.prototype_location_):

@@ -200,6 +200,13 @@ def test_deletion_checks_its_arguments(fitted, bars):
 # ----------------------------------------------------------------------------
 # the planted motif: the metrics tell a model that found it from one that did not
 # ----------------------------------------------------------------------------
+#: the settings the planted-motif measurements were made with: the small-data
+#: advice (a constant joint rate, separation 0.4) on the earlier defaults
+#: (backbone rate 3e-4, step schedule), which the "auto" rules now replace
+EARLIER = dict(lr_backbone=3e-4, joint_lr_schedule="step")
+SMALL_DATA = dict(EARLIER, separation_coef=0.4, joint_lr_gamma=1.0)
+
+
 def _motif_model(**settings):
     from sklearn_protopnet._synthetic import make_motif_images
     from sklearn_protopnet.backbones import SmallCNN
@@ -223,7 +230,7 @@ def test_metrics_on_the_planted_motif():
 
     X_test, _, centres = make_motif_images(20, seed=103)
     parts = np.concatenate([centres - MOTIF / 2, centres + MOTIF / 2], axis=1)
-    good = _motif_model(separation_coef=0.4, joint_lr_gamma=1.0)
+    good = _motif_model(**SMALL_DATA)
     deletion = deletion_check(good, X_test, random_state=0)
     assert deletion.similarity_win_rate >= 0.9 and deletion.logit_win_rate >= 0.9
     summary = deletion.summary()
@@ -233,7 +240,7 @@ def test_metrics_on_the_planted_motif():
     good_locality = locality(good, X_test, parts)
     assert good_pointing.score >= 0.7 and good_locality.box_overlaps.mean() >= 0.9
 
-    bad = _motif_model(prototype_init="patches")
+    bad = _motif_model(prototype_init="patches", **EARLIER)
     bad_pointing = pointing_game(bad, X_test, parts)
     bad_locality = locality(bad, X_test, parts)
     assert bad_pointing.score <= 0.3

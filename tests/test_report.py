@@ -220,3 +220,14 @@ def test_report_in_headless_chromium(fitted, explained, tmp_path):
     # the shaded rows of the wrong predictions: the summary rendered its table
     shaded = np.all(np.abs(pixels.astype(int) - (0xFD, 0xEC, 0xEA)) <= 2, axis=2)
     assert shaded.sum() > 1000
+
+
+def test_the_estimator_passes_the_labels_to_the_summary(fitted, bar_files, tmp_path):
+    paths, labels = bar_files
+    out = fitted.report(paths[:4], tmp_path / "report.html", top_k=1, y=labels[:4])
+    text = open(out, encoding="utf-8").read()
+    accuracy = float(np.mean(fitted.predict(paths[:4]) == labels[:4]))
+    assert "Accuracy" in text and f"{accuracy:.3f}" in text
+    without = open(fitted.report(paths[:4], tmp_path / "plain.html", top_k=1),
+                   encoding="utf-8").read()
+    assert "Accuracy" not in without
