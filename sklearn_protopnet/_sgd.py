@@ -153,8 +153,10 @@ class ProtoPNetNet(NeuralNet):
         loss = ce + self.cluster_coef * cluster - self.separation_coef * separation
         prefix = "train_" if training else "valid_"
         acc = (logits.argmax(dim=1) == y_true).float().mean()
-        for name, value in zip(BATCH_METRICS, (ce, cluster, separation, acc)):
-            self.history.record_batch(prefix + name, value.item())
+        # one device sync per batch for the four metrics, not one each
+        values = torch.stack([ce, cluster, separation, acc]).detach().tolist()
+        for name, value in zip(BATCH_METRICS, values):
+            self.history.record_batch(prefix + name, value)
         return loss
 
     def get_all_learnable_params(self):
