@@ -109,7 +109,12 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         receptive field), used for every box.
     history_ : list of dict
         One record per epoch (stage, losses, metrics, duration), per push and
-        per last-layer solve (objective, KKT residual, iterations).
+        per last-layer solve (objective, KKT residual, iterations), and with
+        ``early_stopping`` the stop and the restore of the best epoch.
+    best_epoch_ : int or None
+        With ``early_stopping``, the epoch (counting warm-up) of the lowest
+        held-out cross-entropy, whose network was restored before the final
+        push and last layer; None without early stopping.
     module_ : ProtoPNet
         The fitted network, on the CPU.
     prototype_source_path_ : list of str or None
