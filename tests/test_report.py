@@ -3,11 +3,9 @@ and (where Chromium is installed) what a real browser makes of it."""
 
 from __future__ import annotations
 
-import html
-import json
+import base64
+import io
 import re
-import shutil
-import subprocess
 from html.parser import HTMLParser
 
 import numpy as np
@@ -15,6 +13,8 @@ import pytest
 from PIL import Image
 
 from sklearn_protopnet._report import report_html, write_report
+
+from ._browser import CHROMIUM, Browser
 
 
 class _Page(HTMLParser):
@@ -125,8 +125,6 @@ def test_every_link_lands_and_evidence_links_to_its_prototype(fitted, explained)
 
 
 def test_images_are_embedded_and_lazy(fitted, explained):
-    import base64
-    import io
 
     explanations, y, _ = explained
     page = _parse(report_html(fitted, explanations, y=y))
@@ -150,36 +148,24 @@ def test_labels_of_another_length_are_refused_before_writing(fitted, bar_files, 
 # ----------------------------------------------------------------------------
 # in a real browser
 # ----------------------------------------------------------------------------
-CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")
-                 if shutil.which(n)), None)
-BROWSER_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                 "--window-size=1200,900"]
-
-# After the page has loaded: what is shown at the top, which images have been
-# decoded, then the same after scrolling to the end of the page.
-_PROBE = """<script>
-function state() {
+# Which images the page's script has asked for (src set) and which the browser
+# has decoded. The waits are in real time, with a bound: tests/_browser.py says
+# why virtual time cannot do this.
+_STATE = """(function () {
   var images = Array.prototype.slice.call(document.images);
-  return images.map(function (i) { return i.complete && i.naturalWidth > 0; });
-}
-window.addEventListener('load', function () {
-  setTimeout(function () {
-    var top = state();
-    window.scrollTo(0, document.body.scrollHeight);
-    setTimeout(function () {
-      var out = document.createElement('pre');
-      out.id = 'probe';
-      var links = Array.prototype.slice.call(document.querySelectorAll('a[href^="#"]'));
-      out.textContent = JSON.stringify({
-        top: top, bottom: state(), height: document.body.scrollHeight,
-        summary: document.getElementById('summary').innerText,
-        broken: links.filter(function (a) {
-          return !document.getElementById(a.getAttribute('href').slice(1)); }).length});
-      document.body.appendChild(out);
-    }, 500);
-  }, 500);
-});
-</script></body>"""
+  return {requested: images.map(function (i) { return i.hasAttribute('src'); }),
+          decoded: images.map(function (i) { return i.complete && i.naturalWidth > 0; })};
+})()"""
+
+_WAIT = """new Promise(function (done) {
+  var start = Date.now();
+  (function poll() {
+    var images = document.images;
+    var img = images[%s];
+    if ((img.complete && img.naturalWidth > 0) || Date.now() - start > 30000) done(true);
+    else setTimeout(poll, 50);
+  })();
+})"""
 
 
 @pytest.mark.slow
@@ -187,31 +173,37 @@ window.addEventListener('load', function () {
 def test_report_in_headless_chromium(fitted, explained, tmp_path):
     explanations, y, predicted = explained
     text = report_html(fitted, explanations, y=y)
-    probed = tmp_path / "probed.html"
-    probed.write_text(text.replace("</body>", _PROBE), encoding="utf-8")
-    dom = subprocess.run([CHROMIUM, *BROWSER_FLAGS, "--virtual-time-budget=10000",
-                          "--dump-dom", probed.as_uri()],
-                         capture_output=True, text=True, timeout=120).stdout
-    found = re.search(r'<pre id="probe">(.*?)</pre>', dom, flags=re.S)
-    assert found, "the page's probe did not run"
-    state = json.loads(html.unescape(found.group(1)))
-    correct = predicted == y
-    assert f"Accuracy on these images: {correct.mean():.3f}" in state["summary"]
-    assert state["broken"] == 0
-    n = len(state["top"])
-    assert n == 2 * fitted.n_prototypes_ + len(explanations)
-    # lazy: the pictures near the top are decoded, those a page height away are not
-    # yet; after scrolling to the end, the last sheets are
-    assert state["height"] > 5 * 900
-    assert state["top"][0] and not state["top"][-1]
-    assert state["bottom"][-1]
+    page_file = tmp_path / "report.html"
+    page_file.write_text(text, encoding="utf-8")
+    with Browser(width=1200, height=900) as browser:
+        browser.open(page_file.as_uri())
+        browser.evaluate(_WAIT % "0")
+        top = browser.evaluate(_STATE)
+        height = browser.evaluate("document.body.scrollHeight")
+        summary = browser.evaluate("document.getElementById('summary').innerText")
+        broken = browser.evaluate(
+            "Array.prototype.slice.call(document.querySelectorAll('a[href^=\"#\"]'))"
+            ".filter(function (a) {"
+            " return !document.getElementById(a.getAttribute('href').slice(1)); }).length")
+        shot = browser.screenshot()
+        browser.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+        browser.evaluate(_WAIT % "images.length - 1")
+        bottom = browser.evaluate(_STATE)
 
-    # the screenshot shows a page: dark text on white, and the pictures' colours
-    plain, shot = tmp_path / "report.html", tmp_path / "report.png"
-    plain.write_text(text, encoding="utf-8")
-    subprocess.run([CHROMIUM, *BROWSER_FLAGS, "--virtual-time-budget=5000",
-                    f"--screenshot={shot}", plain.as_uri()], capture_output=True, timeout=120)
-    with Image.open(shot) as img:
+    correct = predicted == y
+    assert f"Accuracy on these images: {correct.mean():.3f}" in summary
+    assert broken == 0
+    assert len(top["requested"]) == 2 * fitted.n_prototypes_ + len(explanations)
+    # lazy: the pictures near the top are asked for and decoded, those several
+    # screens away are not asked for; after scrolling to the end, the last are
+    assert height > 5 * 900
+    assert top["requested"][0] and top["decoded"][0]
+    assert not top["requested"][-1] and not top["decoded"][-1]
+    assert bottom["requested"][-1] and bottom["decoded"][-1]
+    assert all(bottom["requested"][-3:])
+
+    # the screenshot shows a page: dark text on white
+    with Image.open(io.BytesIO(shot)) as img:
         pixels = np.asarray(img.convert("RGB"))
     assert pixels.shape[:2] == (900, 1200)
     grey = pixels.mean(axis=2)
