@@ -44,9 +44,10 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 
 from sklearn_protopnet import REFERENCE_SETTINGS, ProtoPNetClassifier
+from sklearn_protopnet._augment import BatchWarp
 from sklearn_protopnet._backbones import resolve_normalize
 from sklearn_protopnet._demo import write_digits
-from sklearn_protopnet._images import ImageDataset, check_images, decode_all, make_augmentation
+from sklearn_protopnet._images import ImageDataset, check_images, decode_all
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 
@@ -135,7 +136,8 @@ class Twin(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
 
     def forward(self, x):
-        x = (x.float() / 255.0 - self.mean) / self.std
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x  # uint8, or warped in [0, 1]
+        x = (x - self.mean) / self.std
         return self.head(torch.amax(self.backbone(x), dim=(2, 3)))
 
 
@@ -147,8 +149,8 @@ def fit_twin(backbone, X_train, y_train, X_test, y_test, image_size, epochs, see
     size = (image_size, image_size)
     source = check_images(list(X_train))
     cache = decode_all(source, size)
-    transform = make_augmentation(size) if augment else None
-    data = ImageDataset(source, size, y=y_enc, cache=cache, transform=transform)
+    warp = BatchWarp() if augment else None  # ProtoPNet's default augmentation
+    data = ImageDataset(source, size, y=y_enc, cache=cache)
     mean, std = resolve_normalize("auto")
     g = torch.Generator().manual_seed(seed)
     model = Twin(backbone, len(classes), mean, std)
@@ -158,6 +160,8 @@ def fit_twin(backbone, X_train, y_train, X_test, y_test, image_size, epochs, see
     for _ in range(epochs):
         model.train()
         for xb, yb in loader:
+            if warp is not None:
+                xb = warp(xb)
             opt.zero_grad()
             nn.functional.cross_entropy(model(xb), torch.as_tensor(yb).long()).backward()
             opt.step()

@@ -4,7 +4,8 @@ Writes a folder of photo-like JPEGs (smooth random colour fields with noise,
 640x480 by default), then times, as medians over ``--repeats`` runs:
 
 - the decoding pass ``fit`` makes once (decode + resize to ``--size``),
-- one SGD epoch's data side from the uint8 cache (batching + augmentation),
+- one SGD epoch's data side from the uint8 cache (batching + the default
+  augmentation, one warp per batch),
 - the same epoch streamed from the files (what every epoch would cost
   without the cache),
 
@@ -29,12 +30,12 @@ import torch
 from PIL import Image
 
 from sklearn_protopnet import _images
+from sklearn_protopnet._augment import BatchWarp
 from sklearn_protopnet._images import (
     ImageDataset,
     check_images,
     decode_all,
     load_resized,
-    make_augmentation,
 )
 
 
@@ -55,10 +56,11 @@ def median_time(fn, repeats):
     return statistics.median(times)
 
 
-def epoch(dataset, batch_size=32):
+def epoch(dataset, batch_size=32, augment=None):
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True)
     for images, _ in loader:
-        images.float()  # the network's first step on a batch
+        # the network's first step on a batch: the default augmentation warps it
+        augment(images) if augment is not None else images.float()
 
 
 def main(argv=None):
@@ -85,13 +87,13 @@ def main(argv=None):
             paths.append(path)
         source = check_images(paths)
         labels = np.arange(args.n) % 2
-        augment = make_augmentation(size)
+        augment = BatchWarp()
 
         cache = decode_all(source, size)
         t_decode = median_time(lambda: decode_all(source, size), args.repeats)
-        cached = ImageDataset(source, size, y=labels, cache=cache, transform=augment)
+        cached = ImageDataset(source, size, y=labels, cache=cache)
         cached_plain = ImageDataset(source, size, y=labels, cache=cache)
-        streamed = ImageDataset(source, size, y=labels, transform=augment)
+        streamed = ImageDataset(source, size, y=labels)
 
         count = {"n": 0}
         real = _images.load_resized
@@ -102,11 +104,11 @@ def main(argv=None):
 
         _images.load_resized = counting
         try:
-            t_cached = median_time(lambda: epoch(cached), args.repeats)
+            t_cached = median_time(lambda: epoch(cached, augment=augment), args.repeats)
             decodes_cached = count["n"]
             t_cached_plain = median_time(lambda: epoch(cached_plain), args.repeats)
             count["n"] = 0
-            t_streamed = median_time(lambda: epoch(streamed), args.repeats)
+            t_streamed = median_time(lambda: epoch(streamed, augment=augment), args.repeats)
             decodes_streamed = count["n"] // args.repeats
         finally:
             _images.load_resized = real

@@ -352,20 +352,3 @@ def check_decodable(source: ImageSource, image_size, num_workers: int = 0) -> No
     whose data is not (truncated, corrupt) raises an ``OSError`` naming it."""
     for _ in iterate_batches(ImageDataset(source, image_size), 64, "cpu", num_workers):
         pass
-
-
-def make_augmentation(image_size):
-    """The default SGD-stage augmentation, on uint8 tensors.
-
-    Mild versions of the reference's offline set: random resized crop, flip,
-    small rotation and shear.
-    """
-    from torchvision.transforms import v2
-
-    return v2.Compose(
-        [
-            v2.RandomResizedCrop(tuple(image_size), scale=(0.75, 1.0), antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.RandomAffine(degrees=10, shear=5),
-        ]
-    )

@@ -52,11 +52,14 @@ class ProtoPNetNet(NeuralNet):
     hands float32 outputs to the loss. ``channels_last`` stores the module and
     each batch in channels-last memory format, which cuDNN convolutions run
     faster on. Batches are copied to the device without blocking.
+    ``batch_augment`` (a :class:`._augment.BatchWarp`) warps each training
+    batch on the device; evaluation batches are never augmented.
     """
 
     def __init__(self, *args, cluster_coef=0.8, separation_coef=0.08,
-                 mixed_precision=False, channels_last=False, **kwargs):
+                 mixed_precision=False, channels_last=False, batch_augment=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.batch_augment = batch_augment
         self.cluster_coef = cluster_coef
         self.separation_coef = separation_coef
         self.mixed_precision = mixed_precision
@@ -97,6 +100,8 @@ class ProtoPNetNet(NeuralNet):
     def infer(self, x, **fit_params):
         if torch.is_tensor(x):
             x = x.to(self.device, non_blocking=True)
+            if self.batch_augment is not None and self.module_.training:
+                x = self.batch_augment(x)
             if self.channels_last and x.ndim == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
         if not self.mixed_precision:

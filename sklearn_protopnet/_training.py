@@ -33,6 +33,7 @@ from sklearn.utils import check_random_state
 from skorch.callbacks import PassthroughScoring
 from skorch.helper import predefined_split
 
+from ._augment import BatchWarp
 from ._backbones import build_backbone, probe_backbone
 from ._batches import similarities, similarities_of_latents
 from ._checkpoint import (
@@ -44,7 +45,7 @@ from ._checkpoint import (
 )
 from ._explain import prototype_parts
 from ._geometry import cell_geometry
-from ._images import ImageDataset, check_decodable, decode_all, make_augmentation
+from ._images import ImageDataset, check_decodable, decode_all
 from ._init import calibrate_batchnorm, initialise_prototypes
 from ._last_layer import solve_last_layer
 from ._network import ProtoPNet, off_class_l1
@@ -163,7 +164,7 @@ def _train(hp, source, y_enc, classes, device, seed, log, checkpoint,
     # the held-out images take part in no stage: every stage sees fit_dataset
     # (or its augmented twin), whose positions map to the images by train_idx
     fit_dataset = dataset.subset(train_idx, transform=None)
-    train_dataset = dataset.subset(train_idx, transform=_augmentation(hp.augment, image_size),
+    train_dataset = dataset.subset(train_idx, transform=_augmentation(hp.augment),
                                    weight=weight)
     valid_dataset = (None if valid_idx is None else
                      dataset.subset(valid_idx, transform=None, weight=weight))
@@ -235,10 +236,10 @@ def _decode_within_budget(source, image_size, hp, log):
     return cache
 
 
-def _augmentation(augment, image_size):
-    """The SGD stages' transform of the ``augment`` parameter."""
-    if augment is True:
-        return make_augmentation(image_size)
+def _augmentation(augment):
+    """The SGD stages' per-image transform of the ``augment`` parameter: a
+    user's callable; the default (True) warps whole batches in the net
+    instead (:class:`._augment.BatchWarp`, see ``_make_net``)."""
     return augment if callable(augment) else None
 
 
@@ -325,6 +326,7 @@ def _make_net(module, train_dataset, valid_dataset, hp, device, decay,
         separation_coef=hp.separation_coef,
         mixed_precision=hp.mixed_precision,
         channels_last=cuda,
+        batch_augment=BatchWarp() if hp.augment is True else None,
         verbose=0,
     )
 
