@@ -10,10 +10,18 @@ data. The backbone is torchvision's ResNet-18, its weights read from a local
 So that the example runs anywhere, it makes both the folder and the weights
 file itself: JPEG "photos" of three kinds of objects drawn with Pillow, and a
 ResNet-18 state_dict saved from a randomly initialised model. With your own
-data, point ``folder`` at your images and ``weights`` at a file saved on a
-machine with internet by
-``torch.save(torchvision.models.resnet18(weights="DEFAULT").state_dict(), "resnet18.pth")``,
-or pass ``weights="DEFAULT"`` to download ImageNet weights once.
+data, two cells change:
+
+- the first: ``folder = pathlib.Path("my_images")``, your folder, instead of
+  drawing one;
+- the weights file: ``weights = "resnet18.pth"``, a file saved on a machine
+  with internet by
+  ``torch.save(torchvision.models.resnet18(weights="DEFAULT").state_dict(), "resnet18.pth")``,
+  or ``weights = "DEFAULT"`` to download ImageNet weights once.
+
+For small images (up to about 64 px: digits, icons, tiles) use
+``backbone=SmallCNN()`` and no weights instead, as in the
+:doc:`quickstart <plot_quickstart>`; :doc:`../choosing` says which to pick.
 """
 
 # %%
@@ -68,7 +76,9 @@ print(sorted(p.name for p in folder.iterdir()), "in", folder)
 # Paths and labels from the folder names
 # --------------------------------------
 # A list of paths and a list of labels is all ``fit`` needs. The command
-# line does the same from a folder: ``protopnet fit my_images``.
+# line does the same from a folder, with every parameter as an option
+# (``protopnet fit --help``; ResNet-18 at 224 px by default):
+# ``protopnet fit my_images --weights resnet18.pth --out model.protopnet``.
 paths = sorted(str(p) for p in folder.glob("*/*.jpg"))
 labels = [pathlib.Path(p).parent.name for p in paths]
 test = [i % 4 == 0 for i in range(len(paths))]  # every fourth image held out
@@ -147,11 +157,12 @@ show(root / "sheet.png")
 # %%
 # A report of many images, and the saved model
 # --------------------------------------------
-# ``report`` writes one self-contained HTML file: a summary, the prototype
-# gallery, and every image's explanation with links to its prototypes. Open
-# it in a browser. ``save`` writes the model without pickle; the command line
-# explains new images with it: ``protopnet explain model.protopnet IMAGES --out DIR``.
-report = clf.report(X_test, root / "report.html")
+# ``report`` writes one self-contained HTML file: a summary (with ``y``, the
+# accuracy and the wrong predictions), the prototype gallery, and every
+# image's explanation with links to its prototypes. Open it in a browser.
+# ``save`` writes the model without pickle; the command line explains new
+# images with it: ``protopnet explain model.protopnet IMAGES --out DIR``.
+report = clf.report(X_test, root / "report.html", y=y_test)
 clf.save(root / "model.protopnet")
 print("report:", report)
 clf.prototype_gallery(root / "prototypes.png")
