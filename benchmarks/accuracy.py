@@ -32,6 +32,7 @@ seeds, and each fit's wall time against its twin's.
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import json
 import os
@@ -43,7 +44,7 @@ from PIL import Image
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from sklearn_protopnet import REFERENCE_SETTINGS, ProtoPNetClassifier
+from sklearn_protopnet import REFERENCE_SETTINGS, ProtoPNetClassifier, _training
 from sklearn_protopnet._augment import BatchWarp
 from sklearn_protopnet._backbones import resolve_normalize
 from sklearn_protopnet._demo import write_digits
@@ -225,6 +226,9 @@ def main(argv=None) -> None:
     parser.add_argument("--settings", nargs="+", default=["defaults"])
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an estimator parameter for a setting named 'custom'")
+    parser.add_argument("--warp", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting of the default augmentation (BatchWarp: scale, ratio, "
+                             "flip, degrees, shear) for both models, e.g. flip=0")
     parser.add_argument("--weights", default=None,
                         help="a state_dict file for the backbone (pretrained-style start)")
     parser.add_argument("--pretrained", action="store_true",
@@ -247,6 +251,11 @@ def main(argv=None) -> None:
         args.data, args.seeds, args.warm, args.joint = ["digits"], 1, 1, 1
     if args.threads:
         torch.set_num_threads(args.threads)
+    warp = dict((k, parse_value(v)) for k, v in (item.split("=", 1) for item in args.warp))
+    if warp:  # both models' default augmentation, changed for this run
+        global BatchWarp
+        BatchWarp = functools.partial(BatchWarp, **warp)
+        _training.BatchWarp = BatchWarp
 
     os.makedirs(args.out, exist_ok=True)
     if args.pretrained:
@@ -294,7 +303,8 @@ def main(argv=None) -> None:
                                              BACKBONES[args.backbone](), Xtr, ytr, Xte, yte,
                                              size, args.warm, args.joint, seed,
                                              **(extra | kw))
-                row = dict(data=name, model=label, settings=kw, seed=seed, acc=acc, dur=dur,
+                row = dict(data=name, model=label, settings=kw, warp=warp, seed=seed, acc=acc,
+                           dur=dur,
                            backbone=args.backbone, epochs=[args.warm, args.joint],
                            weights=args.weights)
                 results.append(row)

@@ -20,6 +20,7 @@ Run (about 2 minutes a seed on a 2-core CPU; ``--quick`` is a smoke test):
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 
@@ -49,6 +50,13 @@ def user_cnn(seed: int) -> nn.Module:
     )
 
 
+def parse_value(text):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def inside(box, x, y) -> bool:
     x0, y0, x1, y1 = box
     return x0 <= x < x1 and y0 <= y < y1
@@ -74,9 +82,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--per-class", type=int, default=100)
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS),
+                        choices=[*SETTINGS, "custom"])
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an estimator parameter (JSON value) of the setting 'custom'")
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
+    settings = dict(SETTINGS)
+    settings["custom"] = {k: parse_value(v) for k, v in (a.split("=", 1) for a in args.set)}
     epochs = {}
     if args.quick:
         args.seeds, args.per_class, args.settings = 1, 6, ["defaults"]
@@ -86,14 +100,14 @@ def main() -> None:
           "median area | largest | pointing game | fit |")
     print("|---|---|---|---|---|---|---|---|---|")
     for setting in args.settings:
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             X, y, parts, _ = make_decoy_images(args.per_class, size=SIZE, seed=seed)
             X_test, y_test, parts_test, _ = make_decoy_images(max(args.per_class // 4, 2),
                                                               size=SIZE, seed=1000 + seed)
             t0 = time.perf_counter()
             clf = ProtoPNetClassifier(backbone=user_cnn(seed), image_size=SIZE,
                                       prototype_dim=64, random_state=seed,
-                                      **SETTINGS[setting], **epochs).fit(X, y)
+                                      **settings[setting], **epochs).fit(X, y)
             fit_time = time.perf_counter() - t0
             accuracy = clf.score(X_test, y_test)
             for rule, percentile in RULES:
