@@ -31,8 +31,11 @@ def push_prototypes(
 
     Afterwards every prototype is a copy of a patch of a training image, so its
     distance to that patch is zero. With ``keep_latents`` (a list), the latent
-    map of every batch is appended to it, on the CPU, so that the last layer's
-    features need no second pass through the frozen network.
+    maps are kept on the CPU, so that the last layer's features need no
+    second pass through the frozen network: one tensor for all of them,
+    allocated at the first batch, and one view of it per batch appended to
+    the list (one block instead of a block per batch keeps the heap from
+    growing beyond the maps themselves).
     """
     m = module.n_prototypes
     proto_class = module.prototype_class
@@ -40,9 +43,13 @@ def push_prototypes(
     best_vec = module.prototypes.detach().clone()
     source = np.full(m, -1, dtype=np.int64)
     location = np.zeros((m, 2), dtype=np.int64)
+    kept = None
     for start, z in latent_batches(module, dataset, batch_size, device, num_workers):
         if keep_latents is not None:
-            keep_latents.append(z.cpu())
+            if kept is None:
+                kept = torch.empty((len(dataset),) + tuple(z.shape[1:]), dtype=z.dtype)
+            kept[start : start + len(z)] = z
+            keep_latents.append(kept[start : start + len(z)])
         y = torch.as_tensor(labels[start : start + len(z)], device=device)
         n, _, h, w = z.shape
         d = module.distance_map(z)  # (N, m, h, w)
@@ -66,8 +73,6 @@ def push_prototypes(
         raise RuntimeError("push found no image for some prototypes; is every class present?")
     module.prototypes.data.copy_(best_vec)
     return PushResult(source, location, best.cpu().numpy())
-
-
 
 
 __all__ = ["PushResult", "push_prototypes"]
