@@ -18,6 +18,9 @@ Writes are atomic: a temporary file in the same directory is written,
 flushed to disk (``fsync``) and renamed over the previous checkpoint
 (``os.replace``), so a process killed at any moment leaves either the old or
 the new checkpoint, never a torn one.
+
+In a data-parallel fit every process reads the checkpoint, and only rank 0
+writes and deletes it (``Checkpoint(..., write=False)`` on the others).
 """
 
 from __future__ import annotations
@@ -139,6 +142,9 @@ class Checkpoint:
         Created if missing.
     identity : dict
         From :func:`training_identity`.
+    write : bool, default=True
+        False: :meth:`save` and :meth:`remove` do nothing (the processes of a
+        data-parallel fit other than rank 0).
 
     Attributes
     ----------
@@ -148,7 +154,8 @@ class Checkpoint:
         The seed of the fit that wrote it.
     """
 
-    def __init__(self, directory, identity: dict):
+    def __init__(self, directory, identity: dict, write: bool = True):
+        self.write = write
         self.directory = os.fspath(directory)
         self.path = os.path.join(self.directory, CHECKPOINT_NAME)
         self.identity = identity
@@ -180,6 +187,8 @@ class Checkpoint:
 
     def save(self, state: dict) -> None:
         """Write ``state`` atomically (temporary file, fsync, rename)."""
+        if not self.write:
+            return
         os.makedirs(self.directory, exist_ok=True)
         payload = {"identity": json.dumps(self.identity), "seed": int(self.seed),
                    "state": state}
@@ -188,6 +197,8 @@ class Checkpoint:
 
     def remove(self) -> None:
         """Delete the checkpoint once the fit it belongs to has finished."""
+        if not self.write:
+            return
         if os.path.exists(self.path):
             os.unlink(self.path)
 

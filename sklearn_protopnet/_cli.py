@@ -141,6 +141,11 @@ def _fit(args) -> None:
     clf = ProtoPNetClassifier(**params, verbose=0 if args.quiet else 1)
     print(f"fitting on {len(paths)} images of {len(set(labels))} classes from {args.dir}")
     clf.fit(paths, labels)
+    if clf.accelerator is not None:
+        from ._accelerate import Processes
+
+        if not Processes.of(clf.accelerator).is_main:
+            return  # every process fitted the same model; rank 0 saves it
     folder = os.path.dirname(args.out)
     if folder:
         os.makedirs(folder, exist_ok=True)

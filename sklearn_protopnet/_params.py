@@ -65,6 +65,20 @@ class ImageSize(Options):
         return f"an int >= {MIN_IMAGE_SIDE} or a (height, width) pair of them"
 
 
+class ProcessGroup(Options):
+    """An accelerate ``Accelerator`` or ``PartialState``: anything with
+    ``num_processes``, ``process_index`` and ``device``."""
+
+    def __init__(self):
+        super().__init__(object, set())
+
+    def is_satisfied_by(self, val) -> bool:
+        return all(hasattr(val, a) for a in ("num_processes", "process_index", "device"))
+
+    def __str__(self) -> str:
+        return "an accelerate Accelerator or PartialState"
+
+
 def image_size_pair(value) -> tuple[int, int]:
     """(height, width) of the ``image_size`` parameter."""
     if isinstance(value, numbers.Integral):
@@ -144,6 +158,12 @@ def _class_weight_option(text: str):
     if text in ("balanced", "none"):
         return None if text == "none" else text
     raise argparse.ArgumentTypeError(f"expected balanced or none, got {text!r}")
+
+
+def _accelerator_option(text: str):
+    if text in ("auto", "none"):
+        return None if text == "none" else text
+    raise argparse.ArgumentTypeError(f"expected auto or none, got {text!r}")
 
 
 def _str_or_none(text: str):
@@ -307,6 +327,22 @@ HYPERPARAMETERS: tuple[Param, ...] = (
     Param("device", "auto", [str, torch.device], "str or torch.device", """
         "auto" uses CUDA when available, else the CPU. Fitted state always
         lives on the CPU."""),
+    Param("accelerator", None, [None, StrOptions({"auto"}), ProcessGroup()],
+          'None, "auto" or accelerate.Accelerator', """
+        Data-parallel training of one fit on the processes of an
+        ``accelerate launch`` (or ``torchrun``): every process runs the same
+        script and ``fit`` on the same data. An ``accelerate.Accelerator``
+        (or ``PartialState``) gives the processes; "auto" makes the
+        ``PartialState`` of this launch (the distributed extra). Each SGD step
+        takes ``batch_size`` images on every process, so the effective batch
+        is ``batch_size`` times the number of processes, and averages the
+        gradients over them; the push and the last layer's features are
+        divided over the processes and gathered, and every process ends with
+        the same fitted model. The fit runs on the accelerator's device
+        (``device`` is not used); only rank 0 prints progress and writes the
+        checkpoint. None: one process, as usual. See the scaling guide. On
+        the command line: none or auto.""",
+          cli=_accelerator_option),
     Param("random_state", None, ["random_state"], "int, RandomState instance or None", """
         Seed of every random choice of ``fit`` (initialisation, shuffling,
         augmentation, the validation split): one int gives one model. On the

@@ -558,6 +558,8 @@ def save(estimator, path) -> None:
     for key, value in estimator.get_params(deep=False).items():
         if key == "backbone":
             params[key] = _backbone_spec(value, writer)
+        elif key == "accelerator" and not (value is None or isinstance(value, str)):
+            params[key] = None  # how a fit was run, not part of the model: loads as one process
         elif isinstance(value, torch.device):
             params[key] = str(value)
         elif isinstance(value, os.PathLike):

@@ -3,6 +3,10 @@
 Each prototype of class k is replaced by its nearest latent patch among the
 images of class k, computed in eval mode without augmentation. Afterwards
 its distance to that patch is zero, so "that" is a part of a real image.
+
+In a data-parallel fit (:mod:`._accelerate`) each process searches its
+contiguous block of the images and the blocks' nearest patches are gathered,
+so every process ends with the same prototypes and source indices.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ._accelerate import nearest_over_processes
 from ._batches import latent_batches
 
 
@@ -25,7 +30,7 @@ class PushResult:
 @torch.no_grad()
 def push_prototypes(
     module, dataset, labels: np.ndarray, batch_size: int, device, num_workers=0,
-    keep_latents: list | None = None,
+    keep_latents: list | None = None, processes=None,
 ) -> PushResult:
     """Replace each prototype of class k by its nearest latent patch of class k.
 
@@ -36,7 +41,15 @@ def push_prototypes(
     allocated at the first batch, and one view of it per batch appended to
     the list (one block instead of a block per batch keeps the heap from
     growing beyond the maps themselves).
+
+    With ``processes`` (a :class:`._accelerate.Processes` of more than one),
+    this process searches (and keeps the latent maps of) its block of
+    ``dataset`` only; the nearest patches of all blocks are then gathered.
+    ``source_index`` is always an index into the whole ``dataset``.
     """
+    offset = 0
+    if processes is not None:
+        dataset, offset = processes.shard(dataset)
     m = module.n_prototypes
     proto_class = module.prototype_class
     best = torch.full((m,), float("inf"), dtype=torch.float64, device=device)
@@ -50,7 +63,7 @@ def push_prototypes(
                 kept = torch.empty((len(dataset),) + tuple(z.shape[1:]), dtype=z.dtype)
             kept[start : start + len(z)] = z
             keep_latents.append(kept[start : start + len(z)])
-        y = torch.as_tensor(labels[start : start + len(z)], device=device)
+        y = torch.as_tensor(labels[offset + start : offset + start + len(z)], device=device)
         n, _, h, w = z.shape
         d = module.distance_map(z)  # (N, m, h, w)
         own = y[:, None] == proto_class[None, :]  # (N, m)
@@ -66,9 +79,12 @@ def push_prototypes(
             best[js] = batch_min[js]
             best_vec[js] = z[img, :, rows, cols]
             js_np = js.cpu().numpy()
-            source[js_np] = (start + img).cpu().numpy()
+            source[js_np] = (offset + start + img).cpu().numpy()
             location[js_np, 0] = rows.cpu().numpy()
             location[js_np, 1] = cols.cpu().numpy()
+    if processes is not None:
+        best, best_vec, source, location = nearest_over_processes(
+            processes, best, best_vec, source, location)
     if (source < 0).any():
         raise RuntimeError("push found no image for some prototypes; is every class present?")
     module.prototypes.data.copy_(best_vec)

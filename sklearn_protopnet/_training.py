@@ -33,6 +33,7 @@ from sklearn.utils import check_random_state
 from skorch.callbacks import PassthroughScoring
 from skorch.helper import predefined_split
 
+from ._accelerate import GradientAverage, MetricAverage, Processes, ShardedBatches, global_batches
 from ._augment import BatchWarp
 from ._backbones import build_backbone, probe_backbone
 from ._batches import similarities, similarities_of_latents
@@ -113,27 +114,40 @@ def train(hp, source, y_enc: np.ndarray, classes: np.ndarray, device: torch.devi
         Each image's weight (class weights times sample weights), checked.
 
     The global random states (torch, numpy, ``random``) are left as they were.
+
+    With ``hp.accelerator`` (:mod:`._accelerate`) every process of the launch
+    calls this with the same arguments; the fit runs on the accelerator's
+    device, rank 0's seed is every process's, and only rank 0 prints and
+    writes the checkpoint.
     """
-    log = Progress(hp.verbose)
+    processes = Processes.of(hp.accelerator)
+    if processes.data_parallel:
+        device = processes.device
+    log = Progress(hp.verbose if processes.is_main else 0)
     seed = draw_seed(hp.random_state)
+    if processes.n > 1:  # random_state=None draws on every process: rank 0's counts
+        seed = int(processes.broadcast(torch.tensor([seed], dtype=torch.int64))[0])
     checkpoint = None
     if hp.checkpoint_dir is not None:
-        identity = training_identity(hp.as_dict(), source, classes, y_enc, sample_weight)
-        checkpoint = Checkpoint(hp.checkpoint_dir, identity).load()
+        params = hp.as_dict() | {"accelerator": {"processes": processes.n}
+                                 if processes.data_parallel else None}
+        identity = training_identity(params, source, classes, y_enc, sample_weight)
+        checkpoint = Checkpoint(hp.checkpoint_dir, identity, write=processes.is_main).load()
+        processes.barrier()  # every process has read it before rank 0 writes again
         if checkpoint.seed is None:
             checkpoint.seed = seed
         seed = checkpoint.seed  # a resumed fit continues the interrupted one's stream
     with random_states_kept([device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         state = _train(resolve_auto(hp), source, y_enc, classes, device, seed, log,
-                       checkpoint, sample_weight)
+                       checkpoint, sample_weight, processes)
     if checkpoint is not None:
         checkpoint.remove()
     return state
 
 
 def _train(hp, source, y_enc, classes, device, seed, log, checkpoint,
-           sample_weight=None) -> dict:
+           sample_weight=None, processes=None) -> dict:
     t_start = time.perf_counter()
     image_size = image_size_pair(hp.image_size)
     built = build_backbone(hp.backbone, hp.weights, hp.normalize)
@@ -175,7 +189,8 @@ def _train(hp, source, y_enc, classes, device, seed, log, checkpoint,
                       device, log, history, checkpoint=checkpoint,
                       latent_budget=hp.memory_budget - decoded_bytes,
                       latent_bytes=4 * hp.prototype_dim * h * w,
-                      sample_weight=None if weight is None else weight[train_idx])
+                      sample_weight=None if weight is None else weight[train_idx],
+                      processes=processes)
     push = loop.result
     source_index = train_idx[push.source_index]
     module.set_trainable(backbone=False, add_on=False, prototypes=False)
@@ -283,8 +298,27 @@ def final_steps(epoch: int, restore_best: bool) -> list[tuple[int, str]]:
 
 
 def _make_net(module, train_dataset, valid_dataset, hp, device, decay,
-              batch_progress=None) -> ProtoPNetNet:
+              batch_progress=None, processes=None) -> ProtoPNetNet:
     callbacks = [("lr_schedule", decay)]
+    iterator_train = {
+        "iterator_train__shuffle": True,
+        # a last batch of one image cannot be batch-normalised where the
+        # feature map is 1 x 1 (a ResNet at <= 32 px); dropping it leaves out
+        # one random image per epoch
+        "iterator_train__drop_last": len(train_dataset) % hp.batch_size == 1,
+    }
+    if processes is not None and processes.data_parallel:
+        # this process's piece of every global batch; the global batch's
+        # gradient and metrics on every process (first, before any other
+        # callback reads them)
+        callbacks = [("gradient_average", GradientAverage(processes)),
+                     ("metric_average", MetricAverage(processes))] + callbacks
+        iterator_train = {
+            "iterator_train__batch_sampler": ShardedBatches(len(train_dataset),
+                                                            hp.batch_size, processes),
+            "iterator_train__batch_size": 1, "iterator_train__shuffle": False,
+            "iterator_train__drop_last": False,
+        }
     if batch_progress is not None:
         callbacks.append(("batch_progress", batch_progress))
     for prefix, on_train in (("train_", True), ("valid_", False)):
@@ -310,11 +344,7 @@ def _make_net(module, train_dataset, valid_dataset, hp, device, decay,
         batch_size=hp.batch_size,
         max_epochs=1,
         train_split=None if valid_dataset is None else predefined_split(valid_dataset),
-        iterator_train__shuffle=True,
-        # a last batch of one image cannot be batch-normalised where the
-        # feature map is 1 x 1 (a ResNet at <= 32 px); dropping it leaves out
-        # one random image per epoch
-        iterator_train__drop_last=len(train_dataset) % hp.batch_size == 1,
+        **iterator_train,
         iterator_train__num_workers=hp.num_workers,
         iterator_train__pin_memory=cuda,
         iterator_valid__num_workers=hp.num_workers,
@@ -333,7 +363,7 @@ def _make_net(module, train_dataset, valid_dataset, hp, device, decay,
 
 def fit_stages(module, dataset, train_dataset, valid_dataset, y_enc, hp, device, log,
                history: list, checkpoint=None, latent_budget: int = 0,
-               latent_bytes: int = 1, sample_weight=None) -> _Loop:
+               latent_bytes: int = 1, sample_weight=None, processes=None) -> _Loop:
     """Train ``module`` in place; return the loop (``.result``: the final push).
 
     ``dataset`` (unaugmented) and ``y_enc`` are the images every stage but
@@ -346,13 +376,16 @@ def fit_stages(module, dataset, train_dataset, valid_dataset, y_enc, hp, device,
     appended to ``history``; ``log`` is the fit's :class:`Progress` (messages
     and bars). With a :class:`~._checkpoint.Checkpoint`, the training state
     is saved after every step (see :func:`training_steps`), and a checkpoint
-    holding a state resumes after its last completed step.
+    holding a state resumes after its last completed step. ``processes``
+    (:class:`._accelerate.Processes`): the processes of a data-parallel fit.
     """
-    train_batches = _train_batches(len(train_dataset), hp.batch_size)
+    processes = Processes() if processes is None else processes
+    train_batches = _train_batches(len(train_dataset), hp.batch_size, processes.n)
     decay = LrSchedule(hp.joint_lr_schedule, hp.joint_lr_step, hp.joint_lr_gamma,
                        epochs=hp.joint_epochs, batches=train_batches)
     batch_progress = BatchProgress()
-    net = _make_net(module, train_dataset, valid_dataset, hp, device, decay, batch_progress)
+    net = _make_net(module, train_dataset, valid_dataset, hp, device, decay, batch_progress,
+                    processes)
     pushes = set(push_epochs(hp.warm_epochs, hp.joint_epochs, hp.push_start,
                              hp.push_interval))
     steps = training_steps(hp.warm_epochs + hp.joint_epochs, pushes,
@@ -362,7 +395,8 @@ def fit_stages(module, dataset, train_dataset, valid_dataset, y_enc, hp, device,
                                                               / hp.batch_size)
     loop = _Loop(module, net, decay, hp, device, log, history, batch_progress,
                  train_batches + valid_batches, latent_budget=latent_budget,
-                 latent_bytes=latent_bytes, steps=steps, sample_weight=sample_weight)
+                 latent_bytes=latent_bytes, steps=steps, sample_weight=sample_weight,
+                 processes=processes)
     index = 0
     if checkpoint is not None and checkpoint.state is not None:
         index = loop.restore(checkpoint.state)
@@ -378,10 +412,10 @@ def fit_stages(module, dataset, train_dataset, valid_dataset, y_enc, hp, device,
     return loop
 
 
-def _train_batches(n_train: int, batch_size: int) -> int:
-    """Training batches of one epoch (see ``drop_last`` in :func:`_make_net`)."""
-    drop_last = n_train % batch_size == 1
-    return n_train // batch_size if drop_last else math.ceil(n_train / batch_size)
+def _train_batches(n_train: int, batch_size: int, n_processes: int = 1) -> int:
+    """Training batches (steps) of one epoch (see ``drop_last`` in
+    :func:`_make_net` and :func:`._accelerate.global_batches`)."""
+    return global_batches(n_train, batch_size, n_processes)
 
 
 class _Loop:
@@ -396,7 +430,8 @@ class _Loop:
 
     def __init__(self, module, net, decay, hp, device, log, history, batch_progress=None,
                  batches_per_epoch=None, latent_budget=0, latent_bytes=1, steps=(),
-                 sample_weight=None):
+                 sample_weight=None, processes=None):
+        self.processes = Processes() if processes is None else processes
         self.module = module
         self.net = net
         self.decay = decay
@@ -432,8 +467,10 @@ class _Loop:
         if kind == "init":
             t0 = time.perf_counter()
             with self.log.images(module, "initialisation"):
-                layers = calibrate_batchnorm(module, dataset, hp.batch_size, self.device,
-                                             hp.num_workers)
+                # its statistics average over batches: of the effective batch,
+                # as one process would (every process runs it on all images)
+                layers = calibrate_batchnorm(module, dataset, hp.batch_size * self.processes.n,
+                                             self.device, hp.num_workers)
                 if layers:
                     dur = time.perf_counter() - t0
                     self.history.append({"stage": "batchnorm_calibration", "epoch": 0,
@@ -442,6 +479,10 @@ class _Loop:
                              f"on the training images in {dur:.1f}s")
                 initialise_prototypes(hp.prototype_init, module, dataset, y_enc,
                                       hp.batch_size, self.device, hp.num_workers)
+            # every process ran the same initialisation; rank 0's bits are
+            # everyone's, and from here each process draws its own numbers
+            self.processes.broadcast_module(module)
+            self.processes.decorrelate_random_streams()
         elif kind == "sgd":
             stage = "warm" if epoch <= hp.warm_epochs else "joint"
             if stage != self.stage:
@@ -538,10 +579,13 @@ class _Loop:
         t0 = time.perf_counter()
         # the latent maps of this pass serve the last layer's features too,
         # when they fit in the memory budget left by the decoded images
-        keep = [] if self.latent_budget >= len(dataset) * self.latent_bytes else None
+        # (of this process's block of the images, in a data-parallel fit)
+        start, stop = self.processes.block(len(dataset))
+        keep = [] if self.latent_budget >= (stop - start) * self.latent_bytes else None
         with self.log.images(self.module, f"push after epoch {epoch}", total=len(dataset)):
             result = push_prototypes(self.module, dataset, y_enc, hp.batch_size,
-                                     self.device, hp.num_workers, keep_latents=keep)
+                                     self.device, hp.num_workers, keep_latents=keep,
+                                     processes=self.processes)
         self.latents = keep
         dur = time.perf_counter() - t0
         moved = float(result.distance.mean())
@@ -561,9 +605,10 @@ class _Loop:
                 _, S = similarities_of_latents(module, self.latents, self.device)
                 bar.update(len(dataset))
             else:  # e.g. a fit resumed between push and last layer
-                _, S = similarities(module, dataset, hp.batch_size, self.device,
-                                    hp.num_workers)
+                _, S = similarities(module, self.processes.shard(dataset)[0], hp.batch_size,
+                                    self.device, hp.num_workers)
             self.latents = None
+            S = self.processes.gather_rows(S)  # this process's block: all of them
             t1 = time.perf_counter()
             bar.set_postfix_str("solving")
             own = module.own_class_mask().cpu().numpy()
@@ -573,6 +618,8 @@ class _Loop:
                                    sample_weight=self.sample_weight)
         with torch.no_grad():
             module.last_layer.weight.copy_(torch.from_numpy(sol.weight))
+            # every process solved the same problem; rank 0's bits are everyone's
+            self.processes.broadcast(module.last_layer.weight.data)
         t2 = time.perf_counter()
         train_acc = float((np.argmax(S @ sol.weight.T, axis=1) == y_enc).mean())
         self.history.append(
@@ -613,7 +660,8 @@ class _Loop:
             "best": {"epoch": self.best_epoch, "score": self.best_score,
                      "module": self.best_module},
             "rng": get_rng_states(),
-        }
+        } | ({"rng_ranks": self.processes.gather_objects(get_rng_states())}
+             if self.processes.n > 1 else {})
 
     def restore(self, state: dict) -> int:
         """Load a checkpointed state; return the index of the next step."""
@@ -635,7 +683,10 @@ class _Loop:
                           ("warm", "joint")], default=0)
         self.history.append({"stage": "resume", "epoch": last_epoch, "step": step})
         self.log(f"[resume] from the checkpoint after step {step} (epoch {last_epoch})")
-        set_rng_states(state["rng"])  # last: nothing above may draw random numbers after
+        # last: nothing above may draw random numbers after; in a data-parallel
+        # fit, each process's own stream
+        set_rng_states(state["rng_ranks"][self.processes.rank] if "rng_ranks" in state
+                       else state["rng"])
         return step + 1
 
 
