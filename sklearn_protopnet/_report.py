@@ -38,7 +38,8 @@ section, #summary { margin-bottom: 3em; scroll-margin-top: 3em; }
 .summary { font-size: 1.1em; }
 .cards { display: flex; flex-wrap: wrap; gap: 12px; margin-bottom: 1.5em; }
 .card { border: 1px solid #ddd; padding: 6px; width: 250px; font-size: 0.85em;
-        scroll-margin-top: 3em; }
+        scroll-margin-top: 3em; overflow-wrap: anywhere; }
+h2, h3 { overflow-wrap: anywhere; }
 .card:target, section:target { outline: 3px solid #0a7; }
 h3 { scroll-margin-top: 3em; }
 .card img { border: none; vertical-align: top; }

@@ -7,6 +7,7 @@ import doctest
 import importlib
 import inspect
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -82,3 +83,32 @@ def test_the_collection_finds_the_examples():
     names = {t.name.rsplit(".", 1)[-1] for t in DOCTESTS}
     assert {"ProtoPNetClassifier", "fit", "explain", "centre", "list_backbones",
             "evidence_stability", "SmallCNN", "Explanation"} <= names
+
+
+API_PAGE = PACKAGE.parent / "docs" / "api.md"
+
+
+def _api_page_test():
+    """The page's ``{eval-rst}`` blocks as one doctest (each block ends where
+    its fence does, so an expected output ends there too)."""
+    text = API_PAGE.read_text(encoding="utf-8")
+    blocks = re.findall(r"^```\{eval-rst\}\n(.*?)^```", text, flags=re.S | re.M)
+    return doctest.DocTestParser().get_doctest("\n\n".join(blocks), {}, "docs/api.md",
+                                               str(API_PAGE), 0)
+
+
+def test_public_data_names_have_a_runnable_example_on_the_api_page():
+    """Names that are not callables (REFERENCE_SETTINGS, __version__) carry no
+    docstring of their own: their examples live on the API page, run here."""
+    data = [n for n in sklearn_protopnet.__all__ if not callable(getattr(sklearn_protopnet, n))]
+    test = _api_page_test()
+    sources = "".join(example.source for example in test.examples)
+    for name in data + ["__version__"]:
+        assert f"py:data:: sklearn_protopnet.{name}" in API_PAGE.read_text(encoding="utf-8")
+        assert name in sources, f"{name} has no example on docs/api.md"
+    runner = doctest.DocTestRunner(optionflags=FLAGS)
+    report: list[str] = []
+    runner.run(test, out=report.append)
+    result = runner.summarize(verbose=False)
+    assert result.failed == 0, "".join(report)
+    assert result.attempted == len(test.examples) > 0

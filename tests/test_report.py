@@ -186,6 +186,11 @@ def test_report_in_headless_chromium(fitted, explained, tmp_path):
             ".filter(function (a) {"
             " return !document.getElementById(a.getAttribute('href').slice(1)); }).length")
         shot = browser.screenshot()
+        # a long file name (no spaces to break at) wraps inside its card
+        spilled = browser.evaluate(
+            "(function () { var card = document.querySelector('.card');"
+            " card.querySelector('.muted').textContent = '/data/' + 'x'.repeat(200) + '.png';"
+            " return card.scrollWidth > card.clientWidth; })()")
         browser.evaluate("window.scrollTo(0, document.body.scrollHeight)")
         browser.evaluate(_WAIT % "images.length - 1")
         bottom = browser.evaluate(_STATE)
@@ -193,6 +198,7 @@ def test_report_in_headless_chromium(fitted, explained, tmp_path):
     correct = predicted == y
     assert f"Accuracy on these images: {correct.mean():.3f}" in summary
     assert broken == 0
+    assert not spilled
     assert len(top["requested"]) == 2 * fitted.n_prototypes_ + len(explanations)
     # lazy: the pictures near the top are asked for and decoded, those several
     # screens away are not asked for; after scrolling to the end, the last are
