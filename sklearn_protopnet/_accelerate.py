@@ -226,6 +226,8 @@ class GradientAverage(Callback):
     global batch's gradient is ``sum_r n_r * grad_r / sum_r n_r``: one
     all-reduce of the weighted gradients of every trainable parameter, the
     running statistics of the BatchNorm layers in training mode and ``n_r``.
+    For the running mean that weighted average is the global batch's; for
+    the running variance it leaves out the spread between the pieces' means.
     """
 
     def __init__(self, processes: Processes):
@@ -242,7 +244,8 @@ class GradientAverage(Callback):
         device = params[0].device if params else torch.device("cpu")
         flat = [(param.grad if param.grad is not None else torch.zeros_like(param)).reshape(-1)
                 for param in params] + [b.reshape(-1) for b in buffers]
-        flat = torch.cat(flat + [torch.ones(1, device=device)]).double() * n_r
+        # in the parameters' dtype (float32): the traffic DDP would have
+        flat = torch.cat(flat + [torch.ones(1, device=device)]) * n_r
         p.all_sum(flat)
         flat = flat[:-1] / flat[-1]
         offset = 0
