@@ -39,6 +39,8 @@ are averaged over the processes after every step.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from skorch.callbacks import Callback
@@ -68,8 +70,18 @@ class Processes:
         if accelerator is None:
             return cls()
         if isinstance(accelerator, str):  # "auto": the processes this script runs on
-            accelerator = import_extra("accelerate").PartialState()
+            # without cpu=True, accelerate on a machine without CUDA ignores the
+            # launch and makes every process a world of one
+            accelerator = import_extra("accelerate").PartialState(
+                cpu=not torch.cuda.is_available())
         n = int(accelerator.num_processes)
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched != n:
+            raise RuntimeError(
+                f"this process was launched as one of {launched} (WORLD_SIZE), but the "
+                f"accelerator has {n} process(es): every process would train a fit of its "
+                "own. On a machine without a GPU, make it with Accelerator(cpu=True) (or "
+                'use accelerator="auto")')
         if n > 1 and not torch.distributed.is_initialized():
             raise RuntimeError(
                 f"the accelerator has {n} processes but no torch.distributed process group "

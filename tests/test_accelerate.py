@@ -117,6 +117,20 @@ def test_accelerator_auto_without_the_extra_names_it(monkeypatch):
         tiny_classifier(accelerator="auto").fit(X, y)
 
 
+def test_an_accelerator_of_one_process_in_a_launch_of_two_is_refused(monkeypatch):
+    """accelerate's Accelerator() on a machine without CUDA ignores a torchrun
+    launch (a world of one on every process): each would train alone."""
+    from types import SimpleNamespace
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    alone = SimpleNamespace(num_processes=1, process_index=0, device="cpu")
+    with pytest.raises(RuntimeError, match=r"one of 2 \(WORLD_SIZE\).*cpu=True"):
+        Processes.of(alone)
+    X, y = make_bar_images(4)
+    with pytest.raises(RuntimeError, match="WORLD_SIZE"):
+        tiny_classifier(accelerator=alone).fit(X, y)
+
+
 def test_an_accelerator_is_checked():
     X, y = make_bar_images(4)
     with pytest.raises(ValueError, match="accelerator"):
