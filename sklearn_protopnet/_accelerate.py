@@ -112,26 +112,40 @@ class Processes:
         return dataset.subset(np.arange(start, stop)), start
 
     # -- collectives ---------------------------------------------------------
+    def _wire(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` where the process group can send it: NCCL (GPUs) sends
+        only CUDA tensors, gloo any."""
+        if torch.distributed.get_backend() == "nccl" and tensor.device != self.device:
+            return tensor.to(self.device)
+        return tensor.contiguous()
+
     def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """The sum over the processes (in place; returned)."""
         if self.n > 1:
-            torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+            wire = self._wire(tensor)
+            torch.distributed.all_reduce(wire, op=torch.distributed.ReduceOp.SUM)
+            if wire is not tensor:
+                tensor.copy_(wire)
         return tensor
 
     def broadcast(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
         """``tensor`` of rank ``src`` on every process (in place; returned)."""
         if self.n > 1:
-            torch.distributed.broadcast(tensor, src=src)
+            wire = self._wire(tensor)
+            torch.distributed.broadcast(wire, src=src)
+            if wire is not tensor:
+                tensor.copy_(wire)
         return tensor
 
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Every process's ``tensor``, stacked in rank order: (n, *shape).
-        The shapes must be equal."""
+        """Every process's ``tensor``, stacked in rank order: (n, *shape), on
+        ``tensor``'s device. The shapes must be equal."""
         if self.n == 1:
             return tensor[None]
-        parts = [torch.empty_like(tensor) for _ in range(self.n)]
-        torch.distributed.all_gather(parts, tensor.contiguous())
-        return torch.stack(parts)
+        wire = self._wire(tensor)
+        parts = [torch.empty_like(wire) for _ in range(self.n)]
+        torch.distributed.all_gather(parts, wire)
+        return torch.stack(parts).to(tensor.device)
 
     def gather_rows(self, array: np.ndarray) -> np.ndarray:
         """The rows of every process's ``array`` concatenated in rank order
@@ -163,8 +177,6 @@ class Processes:
             return
         with torch.no_grad():
             for tensor in list(module.parameters()) + list(module.buffers()):
-                if self.device is not None and tensor.device != self.device:
-                    continue  # pragma: no cover - the module is on the fit's device
                 self.broadcast(tensor.data)
 
     def decorrelate_random_streams(self) -> None:
