@@ -9,9 +9,9 @@ including the two that need part boxes, can be computed:
 - ``motif``: 32 px RGB images with a class motif (an 8 px red plus or blue
   ring, the part) among distractors both classes share
   (``_synthetic.make_motif_images``); 200 training and 40 test images, the
-  settings of benchmarks/planted_motif.py: ``small-data`` (prototypes end on
-  the motif) and ``patches`` (prototypes initialised on patches, which
-  mostly end on background and distractors).
+  settings of benchmarks/planted_motif.py: the library's defaults,
+  ``small-data`` (prototypes end on the motif) and ``patches`` (prototypes
+  initialised on patches, which mostly end on background and distractors).
 - ``decoys``: 40 px RGB images (``_synthetic.make_decoy_images``) where a
   class is a (shape, colour) pair and every image also holds a decoy of the
   class's colour and one of its shape; the part is the 8 px object that has
@@ -62,6 +62,7 @@ from decoys import SIZE as DECOY_SIZE  # noqa: E402  (the same model as benchmar
 from decoys import user_cnn  # noqa: E402
 
 MOTIF_SETTINGS = {
+    "defaults": {},
     "small-data": dict(separation_coef=0.4, joint_lr_gamma=1.0, joint_lr_schedule="step",
                        lr_backbone=3e-4),
     "patches": dict(prototype_init="patches"),

@@ -549,11 +549,13 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         classes : "predicted", "all", a label or a list of labels, default="predicted"
             The classes whose evidence is listed; the first is
             ``Explanation.evidence`` ("all" starts with the predicted class).
-        box_percentile : float or None, default=None
+        box_percentile : float, "auto" or None, default=None
             The box rule's percentile for the test images' boxes; None uses
             the fit's (``box_percentile_``), the rule of the prototypes'
-            boxes. Another value changes the test images' boxes only, and
-            the sheets and the report say so.
+            boxes, or with another ``box_rule`` that rule's "auto"
+            percentile (90 for "peak", 95 for "percentile"). Another value
+            changes the test images' boxes only, and the sheets and the
+            report say so.
         box_rule : {"peak", "percentile"} or None, default=None
             The box rule for the test images' boxes; None uses the fit's
             (``box_rule_``). As with ``box_percentile``, another value

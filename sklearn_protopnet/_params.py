@@ -354,12 +354,16 @@ HYPERPARAMETERS: tuple[Param, ...] = (
         lines when the output is a file or pipe; 0 prints nothing. On the
         command line, ``--quiet`` sets 0.""",
           cli=None, in_identity=False),
-    Param("box_percentile", 95.0, [Interval(numbers.Real, 0, 100, closed="both")], "float", """
+    Param("box_percentile", "auto",
+          [StrOptions({"auto"}), Interval(numbers.Real, 0, 100, closed="both")],
+          'float or "auto"', """
         The box of a prototype (at the end of ``fit``) and of an evidence item
-        (in ``explain``) is the smallest rectangle holding every pixel at or
-        above this percentile of the upsampled similarity map. Like every
-        parameter it takes effect at ``fit`` (``box_percentile_``), so that
-        prototypes and test images share one rule."""),
+        (in ``explain``) holds pixels at or above this percentile of the
+        upsampled similarity map, as ``box_rule`` says. "auto": 90 with the
+        peak rule, 95 (the paper's) with the percentile rule; the user guide
+        gives the measurement. Like every parameter it takes effect at
+        ``fit`` (``box_percentile_``), so that prototypes and test images
+        share one rule.""", cli=_float_or("auto")),
     Param("box_rule", "peak", [StrOptions({"peak", "percentile"})], '{"peak", "percentile"}',
           """
         Which pixels at or above ``box_percentile`` a box holds. "peak": only

@@ -44,7 +44,7 @@ from ._checkpoint import (
     set_rng_states,
     training_identity,
 )
-from ._explain import prototype_parts
+from ._explain import AUTO_BOX_PERCENTILE, prototype_parts
 from ._geometry import cell_geometry
 from ._images import ImageDataset, check_decodable, decode_all
 from ._init import calibrate_batchnorm, initialise_prototypes
@@ -71,8 +71,9 @@ def resolve_auto(hp):
     everything to learn, and a user's own small CNN started from a weights
     file fine-tuned 3 points worse at 1e-4 than at 1e-3 (user guide).
     ``joint_lr_schedule="auto"``: "cosine". ``early_stopping`` without a
-    ``validation_fraction`` holds out 0.1. The user guide gives the
-    measurements behind each rule.
+    ``validation_fraction`` holds out 0.1. ``box_percentile="auto"``: 90 with
+    the peak rule, 95 with the paper's rectangle (``AUTO_BOX_PERCENTILE``).
+    The user guide gives the measurements behind each rule.
     """
     changes = {}
     if hp.lr_backbone == "auto":
@@ -82,6 +83,8 @@ def resolve_auto(hp):
         changes["joint_lr_schedule"] = "cosine"
     if hp.early_stopping and hp.validation_fraction is None:
         changes["validation_fraction"] = EARLY_STOPPING_FRACTION
+    if hp.box_percentile == "auto":
+        changes["box_percentile"] = AUTO_BOX_PERCENTILE[hp.box_rule]
     return dataclasses.replace(hp, **changes)
 
 

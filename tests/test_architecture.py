@@ -87,8 +87,8 @@ def test_command_line_offers_the_declared_options_and_defaults():
             args.validation_fraction) == (4, False, "auto", 0.2)
 
 
-@pytest.mark.parametrize("value, ok", [(95.0, True), (0, True), (100, True), (-1, False),
-                                        (101, False), ("95", False)])
+@pytest.mark.parametrize("value, ok", [(95.0, True), (0, True), (100, True), ("auto", True),
+                                        (-1, False), (101, False), ("95", False)])
 def test_one_check_serves_fit_and_explain(value, ok):
     """``explain(box_percentile=...)`` is checked by the declaration's constraint."""
     if ok:

@@ -167,34 +167,42 @@ def test_box_percentile(fitted, new_images, rule):
 
 def test_one_box_rule_for_prototypes_and_test_images(fitted, new_images):
     """explain's default rule and percentile are the fit's, those the prototypes'
-    boxes were drawn with, even after set_params; another is stated as such."""
+    boxes were drawn with, even after set_params; another is stated as such;
+    another rule without a percentile takes that rule's "auto" one."""
     import copy
 
     from sklearn_protopnet._render import sheet_text
 
-    assert fitted.box_percentile_ == fitted.box_percentile == 95
+    # "auto" with the peak rule: 90
+    assert (fitted.box_percentile, fitted.box_rule, fitted.box_percentile_) == ("auto", "peak", 90)
     changed = copy.deepcopy(fitted).set_params(box_percentile=50)
     (default,) = changed.explain(new_images[:1], top_k=3)
     (same,) = fitted.explain(new_images[:1], top_k=3)
     assert [e.box for e in default.evidence] == [e.box for e in same.evidence]
-    peak95 = "peak rule, region >= 95th percentile around the peak cell (+)"
-    assert sheet_text(default)["header"][1].endswith(peak95)
+    peak90 = "peak rule, region >= 90th percentile around the peak cell (+)"
+    assert sheet_text(default)["header"][1].endswith(peak90)
     assert "set at fit" not in sheet_text(default)["header"][1]
     (other,) = fitted.explain(new_images[:1], top_k=3, box_percentile=50)
     assert sheet_text(other)["header"][1].endswith(
         "region >= 50th percentile around the peak cell (+); prototype boxes: "
-        f"{peak95}, set at fit")
+        f"{peak90}, set at fit")
     (paper,) = fitted.explain(new_images[:1], top_k=3, box_rule="percentile")
     assert sheet_text(paper)["header"][1].endswith(
         "percentile rectangle (paper), all pixels >= 95th percentile; prototype boxes: "
-        f"{peak95}, set at fit")
-    # the paper's rectangle holds every pixel the peak rule's region holds
-    for a, b in zip(paper.evidence, same.evidence):
+        f"{peak90}, set at fit")
+    (auto,) = fitted.explain(new_images[:1], top_k=3, box_rule="percentile",
+                             box_percentile="auto")
+    assert [e.box for e in auto.evidence] == [e.box for e in paper.evidence]
+    # at one percentile, the paper's rectangle holds every pixel the peak
+    # rule's region holds
+    (paper90,) = fitted.explain(new_images[:1], top_k=3, box_rule="percentile",
+                                box_percentile=90)
+    for a, b in zip(paper90.evidence, same.evidence):
         assert a.box[0] <= b.box[0] and a.box[1] <= b.box[1]
         assert a.box[2] >= b.box[2] and a.box[3] >= b.box[3]
     from sklearn_protopnet._report import report_html
 
-    escaped = peak95.replace(">", "&gt;")
+    escaped = peak90.replace(">", "&gt;")
     assert (f"{escaped} (for the test images' boxes where explain was given another rule: "
             "peak rule, region &gt;= 50th percentile") in report_html(fitted, [same, other])
     assert f"Boxes: {escaped}, of the upsampled" in report_html(fitted, [same])
