@@ -34,7 +34,8 @@ CROP_MAX_SIDE = 128
 #: cell, so at 95 it holds at most 5% of the image, often less than the part
 #: the cell's score comes from: on decoy images (parts 4% of the image) the
 #: top box held the part's centre in a median 0.74 of test images at 95 and
-#: 0.88 at 90, still a median 7% of the image (user guide, "Box rules").
+#: 0.88 at 90, still a median 7% of the image (docs/explanations.md, "The
+#: rules among decoys").
 AUTO_BOX_PERCENTILE = {"peak": 90.0, "percentile": 95.0}
 THUMBNAIL_MAX_SIDE = 160
 
