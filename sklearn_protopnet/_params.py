@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import numbers
 import os
+import re
 import textwrap
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -101,7 +102,10 @@ class Param:
     ``cli`` is how ``protopnet fit`` takes it: None (not offered), ``"auto"``
     (the argparse type follows from the default: int, float, str, or a
     ``--x/--no-x`` flag for a bool) or a callable parsing the option's text.
-    ``cli_default`` replaces the default on the command line only.
+    ``cli_default`` replaces the default on the command line only;
+    ``cli_help`` the option's help (by default the doc's first sentence,
+    markup removed) where the sentence speaks of what a command line cannot
+    pass.
     """
 
     name: str
@@ -111,6 +115,7 @@ class Param:
     doc: str
     cli: Any = "auto"
     cli_default: Any = _SAME
+    cli_help: str | None = None
     in_identity: bool = True  # a checkpoint of another value is refused
 
     @property
@@ -177,7 +182,10 @@ HYPERPARAMETERS: tuple[Param, ...] = (
         cut at its last convolutional feature map, or any module mapping
         (N, 3, H, W) images to a feature map (N, C, h, w). A module is copied,
         never trained in place. On the command line, ``small`` is
-        :class:`sklearn_protopnet.backbones.SmallCNN`."""),
+        :class:`sklearn_protopnet.backbones.SmallCNN`.""",
+          cli_help="a torchvision model name (sklearn_protopnet.list_backbones() lists "
+                   "them), or 'small' for the built-in SmallCNN, a good start for images "
+                   "of 64 px or less"),
     Param("weights", None, [None, str, os.PathLike], "None, str or path", """
         None for random initialisation, a torchvision weights name such as
         ``"DEFAULT"`` or ``"IMAGENET1K_V1"`` (downloaded where there is
@@ -446,14 +454,23 @@ def declare_hyperparameters(cls):
     return cls
 
 
+def plain_text(text: str) -> str:
+    """reStructuredText markup of a docstring removed, for a terminal:
+    ``code`` and `text` lose their quotes, :role:`~a.b` becomes ``b`` and
+    :role:`a.b` ``a.b``."""
+    text = re.sub(r":[a-z]+:`~(?:[\w.]+\.)?([\w]+)`", r"\1", text)
+    text = re.sub(r":[a-z]+:`([^`]+)`", r"\1", text)
+    return re.sub(r"``([^`]+)``|`([^`]+)`", lambda m: m.group(1) or m.group(2), text)
+
+
 def add_cli_options(parser: argparse.ArgumentParser) -> None:
     """One option per hyperparameter that the command line offers."""
     for p in HYPERPARAMETERS:
         if p.cli is None:
             continue
         default = p.command_line_default
-        help_text = " ".join(p.doc.split()).split(". ")[0].rstrip(".")
-        help_text = help_text.replace("%", "%%") + f" (default: {default!r})"
+        help_text = p.cli_help or plain_text(" ".join(p.doc.split()).split(". ")[0])
+        help_text = help_text.rstrip(".").replace("%", "%%") + f" (default: {default!r})"
         if p.cli == "auto" and isinstance(default, bool):
             parser.add_argument(p.option, dest=p.name, default=default,
                                 action=argparse.BooleanOptionalAction, help=help_text)

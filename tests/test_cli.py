@@ -180,3 +180,23 @@ def test_command_runs_as_a_process(cli_model, class_folder):
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "nope.png" in bad.stderr
+
+
+def test_fit_help_is_plain_text(capsys):
+    """The options' help comes from the docstrings, without their markup, and
+    the backbone's names what a command line can pass."""
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    text = capsys.readouterr().out
+    assert "``" not in text and ":func:" not in text and ":class:" not in text
+    assert "'small'" in text and "mapping (N, 3, H, W)" not in text
+    # the docstring's quotes are gone, its words are kept
+    assert '"DEFAULT"' in text and "state_dict file" in text
+
+
+def test_plain_text_removes_roles_and_quotes():
+    from sklearn_protopnet._params import plain_text
+
+    assert plain_text("see :func:`sklearn_protopnet.list_backbones` and "
+                      ":class:`~sklearn_protopnet.backbones.SmallCNN`, ``x=1`` or `y`") == (
+        "see sklearn_protopnet.list_backbones and SmallCNN, x=1 or y")
