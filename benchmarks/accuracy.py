@@ -142,6 +142,17 @@ class Twin(nn.Module):
         return self.head(torch.amax(self.backbone(x), dim=(2, 3)))
 
 
+def _train_twin(model, opt, loader, warp, epochs):
+    for _ in range(epochs):
+        model.train()
+        for xb, yb in loader:
+            if warp is not None:
+                xb = warp(xb)
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(xb), torch.as_tensor(yb).long()).backward()
+            opt.step()
+
+
 def fit_twin(backbone, X_train, y_train, X_test, y_test, image_size, epochs, seed,
              batch_size=32, augment=True):
     """Train the twin with Adam 1e-3; return (test accuracy, wall time)."""
@@ -154,18 +165,14 @@ def fit_twin(backbone, X_train, y_train, X_test, y_test, image_size, epochs, see
     data = ImageDataset(source, size, y=y_enc, cache=cache)
     mean, std = resolve_normalize("auto")
     g = torch.Generator().manual_seed(seed)
-    model = Twin(backbone, len(classes), mean, std)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True,
-                                         generator=g)
-    for _ in range(epochs):
-        model.train()
-        for xb, yb in loader:
-            if warp is not None:
-                xb = warp(xb)
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(xb), torch.as_tensor(yb).long()).backward()
-            opt.step()
+    # the head's initial weights and the warps draw from the global stream: seed it
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = Twin(backbone, len(classes), mean, std)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True,
+                                             generator=g)
+        _train_twin(model, opt, loader, warp, epochs)
     model.eval()
     test_source = check_images(list(X_test))
     test_cache = decode_all(test_source, size)
