@@ -138,6 +138,19 @@ class Param:
         return f"{self.name} : {self.type}, default={default}\n{body}"
 
 
+def _int_or(word: str):
+    def parse(text: str):
+        if text == word:
+            return word
+        try:
+            return int(text)
+        except ValueError:
+            msg = f"expected an integer or {word!r}, got {text!r}"
+            raise argparse.ArgumentTypeError(msg) from None
+    parse.__name__ = f"int_or_{word}"
+    return parse
+
+
 def _float_or(word: str):
     def parse(text: str):
         if text == word:
@@ -206,8 +219,12 @@ HYPERPARAMETERS: tuple[Param, ...] = (
         transform @ coef_.T`` to float64 rounding."""),
     Param("prototypes_per_class", 10, [_positive(numbers.Integral, 1)], "int", """
         Prototypes allocated to each class; m = prototypes_per_class x K."""),
-    Param("prototype_dim", 128, [_positive(numbers.Integral, 1)], "int", """
-        Depth D of the latent space and of each (1x1) prototype."""),
+    Param("prototype_dim", "auto", [StrOptions({"auto"}), _positive(numbers.Integral, 1)],
+          'int or "auto"', """
+        Depth D of the latent space and of each (1x1) prototype. "auto": the
+        reference's 128, or the backbone's channel count C where C is
+        smaller, so that the add-on never widens the features; the user guide
+        gives the measurement.""", cli=_int_or("auto")),
     Param("add_on", "regular", [StrOptions({"regular", "bottleneck"})],
           '{"regular", "bottleneck"}', """
         The 1x1 convolutions between the backbone and the prototypes."""),

@@ -333,3 +333,23 @@ def test_log_probabilities_stay_finite_where_the_softmax_underflows(fitted, bar_
     log_p = clf.predict_log_proba(paths[:2])
     assert np.isfinite(log_p).all()
     np.testing.assert_allclose(log_p, logits - logits.max(axis=1, keepdims=True), atol=1e-9)
+
+
+@pytest.mark.parametrize("width, expected", [(8, 32), (64, 128)])
+def test_auto_prototype_dim_is_the_backbone_depth_up_to_128(bar_data, width, expected):
+    """SmallCNN(width) ends with 4 x width channels: 32 stay 32, 256 are
+    reduced to the reference's 128; an int is taken as given."""
+    from sklearn_protopnet.backbones import SmallCNN
+
+    X, y = bar_data
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        backbone = SmallCNN(width=width)
+    clf = tiny_classifier(backbone=backbone, prototype_dim="auto", warm_epochs=1,
+                          joint_epochs=0).fit(X, y)
+    assert clf.prototype_dim == "auto"
+    assert tuple(clf.module_.prototypes.shape[:2]) == (clf.n_prototypes_, expected)
+    assert clf.transform(X[:2]).shape == (2, clf.n_prototypes_)
+    fixed = tiny_classifier(backbone=backbone, prototype_dim=12, warm_epochs=1,
+                            joint_epochs=0).fit(X, y)
+    assert fixed.module_.prototypes.shape[1] == 12
