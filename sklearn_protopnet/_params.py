@@ -405,11 +405,12 @@ BY_NAME = {p.name: p for p in HYPERPARAMETERS}
 #: The reference code's values of the parameters whose "auto" default
 #: chooses otherwise: ``ProtoPNetClassifier(**REFERENCE_SETTINGS, ...)`` trains
 #: on the reference's schedule (Adam, backbone rate 1e-4, step decay x0.1
-#: every 5 joint epochs). Every other default is already the reference's
-#: (the deliberate differences are listed in the docs).
+#: every 5 joint epochs) with its 128-dimensional prototypes. The boxes'
+#: rule is not training: ``box_rule="percentile"`` gives the paper's
+#: rectangle. The deliberate differences are listed in the docs.
 REFERENCE_SETTINGS = MappingProxyType({
     "lr_backbone": 1e-4, "joint_lr_schedule": "step", "joint_lr_step": 5,
-    "joint_lr_gamma": 0.1,
+    "joint_lr_gamma": 0.1, "prototype_dim": 128,
 })
 PARAMETER_CONSTRAINTS = {p.name: list(p.constraints) for p in HYPERPARAMETERS}
 NOT_IN_IDENTITY = frozenset(p.name for p in HYPERPARAMETERS if not p.in_identity)
