@@ -138,29 +138,18 @@ class Param:
         return f"{self.name} : {self.type}, default={default}\n{body}"
 
 
-def _int_or(word: str):
-    def parse(text: str):
-        if text == word:
-            return word
-        try:
-            return int(text)
-        except ValueError:
-            msg = f"expected an integer or {word!r}, got {text!r}"
-            raise argparse.ArgumentTypeError(msg) from None
-    parse.__name__ = f"int_or_{word}"
-    return parse
-
-
-def _float_or(word: str):
+def _float_or(word: str, kind=float):
+    """An option's parser: ``word`` (None for "none") or a number of ``kind``."""
     def parse(text: str):
         if text == word:
             return None if word == "none" else word
         try:
-            return float(text)
+            return kind(text)
         except ValueError:
-            msg = f"expected a number or {word!r}, got {text!r}"
+            what = "an integer" if kind is int else "a number"
+            msg = f"expected {what} or {word!r}, got {text!r}"
             raise argparse.ArgumentTypeError(msg) from None
-    parse.__name__ = f"float_or_{word}"
+    parse.__name__ = f"{kind.__name__}_or_{word}"
     return parse
 
 
@@ -224,7 +213,7 @@ HYPERPARAMETERS: tuple[Param, ...] = (
         Depth D of the latent space and of each (1x1) prototype. "auto": the
         reference's 128, or the backbone's channel count C where C is
         smaller, so that the add-on never widens the features; the user guide
-        gives the measurement.""", cli=_int_or("auto")),
+        gives the measurement.""", cli=_float_or("auto", int)),
     Param("add_on", "regular", [StrOptions({"regular", "bottleneck"})],
           '{"regular", "bottleneck"}', """
         The 1x1 convolutions between the backbone and the prototypes."""),
