@@ -15,6 +15,7 @@ inside the part box) and the test accuracy.
 Run (about 2 minutes a seed on a 2-core CPU; ``--quick`` is a smoke test):
 
     python benchmarks/decoys.py --seeds 3
+    python benchmarks/decoys.py --seeds 3 --settings custom --set separation_coef=0.4
 """
 
 from __future__ import annotations
