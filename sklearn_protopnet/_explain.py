@@ -29,6 +29,7 @@ from ._render import scoring_sheet
 
 #: Largest side, in pixels, of the stored prototype crops and source thumbnails.
 CROP_MAX_SIDE = 128
+THUMBNAIL_MAX_SIDE = 160
 #: ``box_percentile="auto"`` of each box rule. The paper's rectangle keeps
 #: its 95. The peak rule's region is one connected piece around the peak
 #: cell, so at 95 it holds at most 5% of the image, often less than the part
@@ -37,7 +38,6 @@ CROP_MAX_SIDE = 128
 #: 0.88 at 90, still a median 7% of the image (docs/explanations.md, "The
 #: rules among decoys").
 AUTO_BOX_PERCENTILE = {"peak": 90.0, "percentile": 95.0}
-THUMBNAIL_MAX_SIDE = 160
 
 
 # --------------------------------------------------------------------------

@@ -52,10 +52,10 @@ def _uncalibrated_batchnorms(module: torch.nn.Module) -> list:
 #: only has to replace made-up statistics (mean 0, variance 1) by the data's
 #: scale before the warm-up; the joint stage then normalises with the
 #: statistics of each batch, noisier than 128 images' averages. Measured
-#: against all images (docs/benchmarks.md): 128 give every channel's mean to
-#: 6% of its standard deviation and its variance to 11% (ResNet-18, 480
-#: images at 128 px; the median channel of the last layer to 2%), 512 were a
-#: whole extra forward pass at that size.
+#: against all images (benchmarks/calibration.py, docs/benchmarks.md): 128
+#: give every channel's mean to 6% of its standard deviation and its variance
+#: to 11% (ResNet-18, 480 images at 128 px; the median channel of the last
+#: layer to 2%); 512 were a whole extra forward pass at that size.
 CALIBRATION_IMAGES = 128
 
 
