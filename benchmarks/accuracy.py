@@ -242,6 +242,8 @@ def main(argv=None) -> None:
                         help="start from the backbone pretrained on the Fashion-MNIST subset "
                              "(made once and kept in --out); use with --data digits")
     parser.add_argument("--no-twin", action="store_true")
+    parser.add_argument("--twin-only", action="store_true",
+                        help="fit the twin alone (no ProtoPNet setting)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's own choice)")
     parser.add_argument("--quick", action="store_true",
@@ -299,7 +301,7 @@ def main(argv=None) -> None:
     for name, Xtr, ytr, Xte, yte, size in sets:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             runs = [] if args.no_twin else [("twin", None)]
-            runs += list(settings.items())
+            runs += [] if args.twin_only else list(settings.items())
             for label, kw in runs:
                 if kw is None:
                     acc, dur = fit_twin(backbone(seed), Xtr, ytr, Xte, yte, size,
@@ -324,7 +326,7 @@ def main(argv=None) -> None:
     print("|---|---|---|---|---|")
     for name, *_ in sets:
         twin = [r for r in results if r["data"] == name and r["model"] == "twin"]
-        for label in (["twin"] if twin else []) + list(settings):
+        for label in (["twin"] if twin else []) + ([] if args.twin_only else list(settings)):
             rows = [r for r in results if r["data"] == name and r["model"] == label]
             acc = np.array([r["acc"] for r in rows])
             gap = time_ratio = "-"  # the twin's own row

@@ -25,7 +25,9 @@ Settings:
 - ``custom``: the defaults with ``--set KEY=VALUE`` (JSON values).
 
 Also reported: the pointing game (``sklearn_protopnet.pointing_game``: the
-top evidence's peak cell centre inside the motif's box).
+top evidence's peak cell centre inside the motif's box), strictly and with
+a tolerance of 2 px (the 15 px of Zhang et al. on images of about 224 px,
+scaled to these 32 px).
 
     python benchmarks/planted_motif.py --seeds 5
 
@@ -46,6 +48,10 @@ import torch
 from sklearn_protopnet import REFERENCE_SETTINGS, ProtoPNetClassifier, pointing_game
 from sklearn_protopnet._synthetic import MOTIF, make_motif_images
 from sklearn_protopnet.backbones import SmallCNN
+
+#: The pointing game's tolerance in pixels: Zhang et al.'s 15 px at about
+#: 224 px, scaled to the 32 px images.
+TOLERANCE = 2.0
 
 SETTINGS = {
     "patches": dict(prototype_init="patches", **REFERENCE_SETTINGS),
@@ -113,10 +119,12 @@ def main() -> None:
     if args.quick:
         args.seeds, args.per_class, args.joint_epochs, warm = 1, 10, 1, 1
         args.settings = ["defaults"]
-    print("| setting | seed | top box holds motif | pointing game | largest box / image | "
+    print("| setting | seed | top box holds motif | pointing game | pointing, 2 px tolerance | "
+          "largest box / image | "
           "prototypes on a motif | ProtoPNet acc | plain CNN acc | fit time |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     points: dict[str, list[float]] = {}
+    tolerant: dict[str, list[float]] = {}
     cnn: dict[int, float] = {}
     summary: dict[str, list[float]] = {}
     for name in args.settings:
@@ -145,8 +153,11 @@ def main() -> None:
             boxes = [(cx - MOTIF / 2, cy - MOTIF / 2, cx + MOTIF / 2, cy + MOTIF / 2)
                      for cx, cy in centres]
             pointing = pointing_game(clf, X_test, boxes).score
+            near = pointing_game(clf, X_test, boxes, tolerance=TOLERANCE).score
             points.setdefault(name, []).append(pointing)
-            print(f"| {name} | {seed} | {np.mean(hits):.2f} | {pointing:.2f} | {max(areas):.2f} | "
+            tolerant.setdefault(name, []).append(near)
+            print(f"| {name} | {seed} | {np.mean(hits):.2f} | {pointing:.2f} | {near:.2f} | "
+                  f"{max(areas):.2f} | "
                   f"{prototypes_on_motif(clf, train_centres)} of {clf.n_prototypes_} | "
                   f"{clf.score(X_test, y_test):.3f} | {cnn[seed]:.3f} | {dur:.0f} s |",
                   flush=True)
@@ -154,7 +165,9 @@ def main() -> None:
     for name, rates in summary.items():
         print(f"- {name}: top box holds motif, median {statistics.median(rates):.2f}, "
               f"lowest {min(rates):.2f} over {len(rates)} seeds; pointing game median "
-              f"{statistics.median(points[name]):.2f}, lowest {min(points[name]):.2f}")
+              f"{statistics.median(points[name]):.2f}, lowest {min(points[name]):.2f}; with "
+              f"{TOLERANCE:g} px tolerance median {statistics.median(tolerant[name]):.2f}, "
+              f"lowest {min(tolerant[name]):.2f}")
 
 
 if __name__ == "__main__":

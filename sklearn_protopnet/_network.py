@@ -27,6 +27,16 @@ convolution (another batch size, CPU or BLAS) would move a similarity by
 
 Both run outside autocast, in float32 or float64, whatever the precision of
 the backbone.
+
+Cosine similarity
+-----------------
+With ``similarity="cosine"`` the latent cells are scaled to unit length
+(:meth:`ProtoPNet.latent`) and so are the prototypes wherever a distance is
+taken (:meth:`ProtoPNet.unit_prototypes`); the squared distance of two unit
+vectors is ``2 - 2 cos``, so every distance above, the cluster and
+separation costs and the push work unchanged, and the similarity is
+``cos = 1 - d / 2``. A push copies a unit-length cell, so a pushed
+prototype's similarity to its source patch is 1.
 """
 
 from __future__ import annotations
@@ -36,13 +46,19 @@ from torch import nn
 
 #: ``log((d + 1) / (d + eps))``: the paper's similarity of a squared distance.
 SIMILARITY_EPSILON = 1e-4
+#: The smallest length a cell or prototype is divided by with cosine similarity.
+UNIT_EPSILON = 1e-12
 
 
-def make_add_on(in_channels: int, prototype_dim: int, style: str) -> nn.Sequential:
+def make_add_on(in_channels: int, prototype_dim: int, style: str,
+                sigmoid: bool = True) -> nn.Sequential:
     """1x1 convolutions from the backbone's channels to ``prototype_dim``.
 
     Both styles end in a sigmoid so that latent features lie in (0, 1), the
-    range prototypes are initialised in.
+    range prototypes are initialised in; with ``sigmoid=False`` (cosine
+    similarity) the last convolution's output is the latent, which is then
+    scaled to unit length: vectors in (0, 1)^D all lie within a few degrees
+    of the diagonal, where every cosine is near 1.
     """
     if style == "regular":
         layers = [
@@ -70,6 +86,8 @@ def make_add_on(in_channels: int, prototype_dim: int, style: str) -> nn.Sequenti
         layers.append(nn.Sigmoid())
     else:
         raise ValueError(f"unknown add-on style {style!r}")
+    if not sigmoid:
+        layers.pop()
     for layer in layers:
         if isinstance(layer, nn.Conv2d):
             nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
@@ -106,11 +124,16 @@ def distances_at(z: torch.Tensor, prototypes: torch.Tensor, cells: torch.Tensor)
 
 
 def distance_to_similarity(d: torch.Tensor, kind: str) -> torch.Tensor:
-    """Turn squared distances into similarities (decreasing in ``d``)."""
+    """Turn squared distances into similarities (decreasing in ``d``).
+
+    For "cosine", ``d`` is the squared distance of unit vectors, ``2 - 2 cos``.
+    """
     if kind == "log":
         return torch.log((d + 1.0) / (d + SIMILARITY_EPSILON))
     if kind == "linear":
         return -d
+    if kind == "cosine":
+        return 1.0 - 0.5 * d
     raise ValueError(f"unknown similarity {kind!r}")
 
 
@@ -131,7 +154,9 @@ class ProtoPNet(nn.Module):
     prototype_dim : int
         ``D``, the depth of the latent space and of each prototype.
     add_on : {"regular", "bottleneck"}
-    similarity : {"log", "linear"}
+    similarity : {"log", "linear", "cosine"}
+        The similarity of a squared distance d; "cosine" also scales cells
+        and prototypes to unit length (module docstring).
     mean, std : sequence of 3 floats
         Normalisation applied to images scaled to [0, 1].
     """
@@ -150,10 +175,13 @@ class ProtoPNet(nn.Module):
     ):
         super().__init__()
         self.backbone = backbone
-        self.add_on = make_add_on(backbone_channels, prototype_dim, add_on)
+        self.add_on = make_add_on(backbone_channels, prototype_dim, add_on,
+                                  sigmoid=similarity != "cosine")
         m = len(prototype_class)
         self.prototypes = nn.Parameter(torch.rand(m, prototype_dim))
         self.last_layer = nn.Linear(m, n_classes, bias=False)
+        if similarity not in ("log", "linear", "cosine"):
+            raise ValueError(f"unknown similarity {similarity!r}")
         self.similarity_kind = similarity
         self.register_buffer("prototype_class", prototype_class.clone().long())
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
@@ -178,8 +206,10 @@ class ProtoPNet(nn.Module):
         with torch.no_grad():
             self.last_layer.weight.copy_(own + off_class_weight * (1.0 - own))
 
-    def set_trainable(self, *, backbone: bool, add_on: bool, prototypes: bool) -> None:
-        """Freeze or unfreeze the parts; the last layer is never trained by SGD.
+    def set_trainable(self, *, backbone: bool, add_on: bool, prototypes: bool,
+                      last_layer: bool = False) -> None:
+        """Freeze or unfreeze the parts; the last layer only with ``last_layer``
+        (the joint stage with ``lr_last_layer > 0``).
 
         A frozen backbone is also kept in eval mode by :meth:`train`, so its
         BatchNorm statistics do not drift while other parts learn.
@@ -190,7 +220,7 @@ class ProtoPNet(nn.Module):
         for p in self.add_on.parameters():
             p.requires_grad_(add_on)
         self.prototypes.requires_grad_(prototypes)
-        self.last_layer.weight.requires_grad_(False)
+        self.last_layer.weight.requires_grad_(last_layer)
         self.train(self.training)
 
     def train(self, mode: bool = True):
@@ -207,15 +237,26 @@ class ProtoPNet(nn.Module):
         return (x - self.mean) / self.std
 
     def latent(self, x: torch.Tensor) -> torch.Tensor:
-        """The latent feature map z, (N, D, h, w), values in (0, 1)."""
-        return self.add_on(self.backbone(self.normalise(x)))
+        """The latent feature map z, (N, D, h, w), values in (0, 1); with
+        cosine similarity each cell scaled to unit length."""
+        z = self.add_on(self.backbone(self.normalise(x)))
+        if self.similarity_kind == "cosine":
+            z = nn.functional.normalize(z, dim=1, eps=UNIT_EPSILON)
+        return z
+
+    def unit_prototypes(self) -> torch.Tensor:
+        """The prototypes distances are taken to: as they are, or with cosine
+        similarity scaled to unit length (a pushed prototype already is)."""
+        if self.similarity_kind == "cosine":
+            return nn.functional.normalize(self.prototypes, dim=1, eps=UNIT_EPSILON)
+        return self.prototypes
 
     def distance_map(self, z: torch.Tensor) -> torch.Tensor:
         """Squared distances (N, m, h, w) of every cell to every prototype, in
         float64 (accurate near zero; see the module docstring), outside
         autocast. For inference: no pass of the SGD stages uses it."""
         with torch.autocast(z.device.type, enabled=False):
-            return squared_distances(z.double(), self.prototypes.double())
+            return squared_distances(z.double(), self.unit_prototypes().double())
 
     def similarity(self, d: torch.Tensor) -> torch.Tensor:
         """Similarities of squared distances, elementwise, in their dtype."""
@@ -231,7 +272,7 @@ class ProtoPNet(nn.Module):
         float32 outside autocast, with its gradient: the closest cell is
         chosen on the float32 map, the distance to it computed directly."""
         with torch.autocast(z.device.type, enabled=False):
-            z, p = z.float(), self.prototypes.float()
+            z, p = z.float(), self.unit_prototypes().float()
             with torch.no_grad():
                 cells = squared_distances(z, p).flatten(2).argmin(dim=2)
             return distances_at(z, p, cells)

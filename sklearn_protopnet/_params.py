@@ -217,8 +217,13 @@ HYPERPARAMETERS: tuple[Param, ...] = (
     Param("add_on", "regular", [StrOptions({"regular", "bottleneck"})],
           '{"regular", "bottleneck"}', """
         The 1x1 convolutions between the backbone and the prototypes."""),
-    Param("similarity", "log", [StrOptions({"log", "linear"})], '{"log", "linear"}', """
-        ``log((d + 1) / (d + 1e-4))`` or ``-d`` of the squared distance d."""),
+    Param("similarity", "log", [StrOptions({"log", "linear", "cosine"})],
+          '{"log", "linear", "cosine"}', """
+        ``log((d + 1) / (d + 1e-4))`` or ``-d`` of the squared distance d, or
+        "cosine": the cosine of a latent cell and a prototype, both scaled to
+        unit length (their squared distance is then ``2 - 2 cos``, which the
+        cluster and separation costs use). docs/benchmarks.md has the
+        measurements."""),
     # -- the stages -----------------------------------------------------------
     Param("prototype_init", "discriminative",
           [StrOptions({"discriminative", "patches", "uniform"})],
@@ -254,6 +259,12 @@ HYPERPARAMETERS: tuple[Param, ...] = (
         stages."""),
     Param("lr_prototypes", 3e-3, [_positive()], "float", """
         Adam learning rate of the prototypes in the warm and joint stages."""),
+    Param("lr_last_layer", 0.0, [_positive()], "float", """
+        Adam learning rate of the last layer in the joint stage, with
+        ``last_layer_l1`` times the L1 norm of the weights between
+        prototypes and other classes added to the loss; 0 keeps it frozen
+        there, as the reference does (every push still ends with the convex
+        solve). docs/benchmarks.md has the measurements."""),
     Param("weight_decay_add_on", 1e-3, [_positive()], "float", """
         Adam weight decay of the add-on layers (the backbone and the
         prototypes have none)."""),

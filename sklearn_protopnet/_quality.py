@@ -918,11 +918,18 @@ def _check_part_boxes(part_boxes, n: int) -> list:
     return out
 
 
-def _inside(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """(k,) bool: integer (x, y) pixels (k, 2) inside any end-exclusive box (b, 4)."""
+def _inside(points: np.ndarray, boxes: np.ndarray, tolerance: float = 0.0) -> np.ndarray:
+    """(k,) bool: integer (x, y) pixels (k, 2) inside any end-exclusive box (b, 4),
+    or with ``tolerance`` > 0, whose centre is at most that far from one."""
     x, y = points[:, None, 0], points[:, None, 1]
-    return ((boxes[None, :, 0] <= x) & (x < boxes[None, :, 2])
-            & (boxes[None, :, 1] <= y) & (y < boxes[None, :, 3])).any(axis=1)
+    inside = ((boxes[None, :, 0] <= x) & (x < boxes[None, :, 2])
+              & (boxes[None, :, 1] <= y) & (y < boxes[None, :, 3])).any(axis=1)
+    if tolerance > 0:
+        cx, cy = x + 0.5, y + 0.5
+        dx = np.maximum(np.maximum(boxes[None, :, 0] - cx, cx - boxes[None, :, 2]), 0.0)
+        dy = np.maximum(np.maximum(boxes[None, :, 1] - cy, cy - boxes[None, :, 3]), 0.0)
+        inside |= (np.hypot(dx, dy) <= tolerance).any(axis=1)
+    return inside
 
 
 def _union_mask(boxes: np.ndarray, original_size) -> np.ndarray:
@@ -954,6 +961,9 @@ class PointingGameResult:
         The items' prototypes, largest contribution first.
     peak : {"cell", "map"}
         How the peak was found.
+    tolerance : float
+        The distance in original pixels within which a peak next to a box
+        still hit.
 
     Examples
     --------
@@ -975,6 +985,7 @@ class PointingGameResult:
     peak_xy: np.ndarray
     prototype: np.ndarray
     peak: str
+    tolerance: float = 0.0
 
     @property
     def score(self) -> float:
@@ -999,7 +1010,8 @@ class PointingGameResult:
                 "top1_score": float(np.mean(self.hits[:, 0]))}
 
 
-def pointing_game(estimator, X, part_boxes, top_k=1, peak="cell") -> PointingGameResult:
+def pointing_game(estimator, X, part_boxes, top_k=1, peak="cell",
+                  tolerance=0.0) -> PointingGameResult:
     """The pointing game: does the peak of the top evidence fall on a part?
 
     For each image and each of its top-k evidence items of the predicted
@@ -1007,9 +1019,11 @@ def pointing_game(estimator, X, part_boxes, top_k=1, peak="cell") -> PointingGam
     cell (``Evidence.location``) mapped to original pixels by
     ``cell_geometry_`` (``peak="cell"``), or the argmax of its upsampled
     ``activation_map`` (``peak="map"``). It is a hit when it lies inside one
-    of the image's part boxes. The pointing game of Zhang et al. ("Top-down
-    neural attention by excitation backprop", ECCV 2016 / IJCV 2018), with
-    the prototype's peak as the pointing.
+    of the image's part boxes, or, with a ``tolerance``, when the peak
+    pixel's centre is at most that many pixels from one. The pointing game
+    of Zhang et al. ("Top-down neural attention by excitation backprop",
+    ECCV 2016 / IJCV 2018), with the prototype's peak as the pointing; their
+    hits allow 15 pixels of tolerance on images of a few hundred pixels.
 
     Parameters
     ----------
@@ -1025,6 +1039,10 @@ def pointing_game(estimator, X, part_boxes, top_k=1, peak="cell") -> PointingGam
     peak : {"cell", "map"}, default="cell"
         Where an item points: its peak cell's centre, or its activation
         map's largest pixel.
+    tolerance : float, default=0
+        Original pixels by which a peak may miss a box and still hit (the
+        distance from the peak pixel's centre to the box); 0 asks for the
+        peak inside.
 
     Returns
     -------
@@ -1048,6 +1066,9 @@ def pointing_game(estimator, X, part_boxes, top_k=1, peak="cell") -> PointingGam
     check_is_fitted(estimator, "module_")
     if peak not in ("cell", "map"):
         raise ValueError(f'peak must be "cell" or "map", got {peak!r}')
+    if (not isinstance(tolerance, numbers.Real) or isinstance(tolerance, bool)
+            or not np.isfinite(tolerance) or tolerance < 0):
+        raise ValueError(f"tolerance must be a number >= 0, got {tolerance!r}")
     boxes = _check_part_boxes(part_boxes, len(check_images(X)))
     top_k, explanations = _top_evidence(estimator, X, top_k, {})
     geometry = estimator.cell_geometry_
@@ -1065,8 +1086,9 @@ def pointing_game(estimator, X, part_boxes, top_k=1, peak="cell") -> PointingGam
                 row, col = np.unravel_index(int(np.argmax(a)), a.shape)
                 peaks[i, t] = (col, row)
         proto[i] = [item.prototype for item in e.evidence]
-        hits[i] = _inside(peaks[i], boxes[i])
-    return PointingGameResult(hits=hits, peak_xy=peaks, prototype=proto, peak=peak)
+        hits[i] = _inside(peaks[i], boxes[i], float(tolerance))
+    return PointingGameResult(hits=hits, peak_xy=peaks, prototype=proto, peak=peak,
+                              tolerance=float(tolerance))
 
 
 @dataclass(frozen=True, eq=False)

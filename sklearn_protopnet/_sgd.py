@@ -27,7 +27,7 @@ from skorch.callbacks import Callback
 from skorch.dataset import unpack_data
 from skorch.utils import TeeGenerator
 
-from ._network import prototype_losses
+from ._network import off_class_l1, prototype_losses
 
 #: Per-batch metrics recorded in the history (``train_*`` and ``valid_*``).
 BATCH_METRICS = ("ce", "cluster", "separation", "acc")
@@ -43,9 +43,11 @@ class ProtoPNetNet(NeuralNet):
     ``module`` returns ``(logits, min_distances)``; the loss is
     ``CE + cluster_coef * Clst - separation_coef * Sep``. The reference adds
     ``last_layer_l1 * L1``, the L1 norm of the last layer's off-class
-    weights; the last layer is frozen in every SGD stage (it is solved
-    after each push, :mod:`._last_layer`), so that term is a constant here:
-    it changes no gradient, only the recorded loss, and is left out.
+    weights. The last layer is solved after each push (:mod:`._last_layer`)
+    and by default frozen in every SGD stage, where that term is a constant
+    (it would change no gradient, only the recorded loss) and is left out;
+    when the joint stage trains the last layer (``lr_last_layer > 0``), it
+    is added.
 
     ``mixed_precision`` runs the forward pass under autocast (float16 with
     gradient scaling on CUDA; bfloat16 elsewhere, used only by the tests) and
@@ -56,12 +58,13 @@ class ProtoPNetNet(NeuralNet):
     batch on the device; evaluation batches are never augmented.
     """
 
-    def __init__(self, *args, cluster_coef=0.8, separation_coef=0.08,
+    def __init__(self, *args, cluster_coef=0.8, separation_coef=0.08, last_layer_l1=1e-4,
                  mixed_precision=False, channels_last=False, batch_augment=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.batch_augment = batch_augment
         self.cluster_coef = cluster_coef
         self.separation_coef = separation_coef
+        self.last_layer_l1 = last_layer_l1
         self.mixed_precision = mixed_precision
         self.channels_last = channels_last
 
@@ -156,6 +159,8 @@ class ProtoPNetNet(NeuralNet):
         cluster, separation = prototype_losses(min_distances, y_true, module.prototype_class,
                                                weight)
         loss = ce + self.cluster_coef * cluster - self.separation_coef * separation
+        if module.last_layer.weight.requires_grad:
+            loss = loss + self.last_layer_l1 * off_class_l1(module)
         prefix = "train_" if training else "valid_"
         acc = (logits.argmax(dim=1) == y_true).float().mean()
         # one device sync per batch for the four metrics, not one each

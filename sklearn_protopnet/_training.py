@@ -356,7 +356,8 @@ def _make_net(module, train_dataset, valid_dataset, hp, device, decay,
             ("add_on.*", {"lr": hp.lr_add_on, "base_lr": hp.lr_add_on,
                           "weight_decay": hp.weight_decay_add_on}),
             ("prototypes", {"lr": hp.lr_prototypes, "base_lr": hp.lr_prototypes}),
-        ],
+        ] + ([("last_layer.*", {"lr": hp.lr_last_layer, "base_lr": hp.lr_last_layer})]
+             if hp.lr_last_layer > 0 else []),
         lr=hp.lr_add_on,
         batch_size=hp.batch_size,
         max_epochs=1,
@@ -371,6 +372,7 @@ def _make_net(module, train_dataset, valid_dataset, hp, device, decay,
         device=device,
         cluster_coef=hp.cluster_coef,
         separation_coef=hp.separation_coef,
+        last_layer_l1=hp.last_layer_l1,
         mixed_precision=hp.mixed_precision,
         channels_last=cuda,
         batch_augment=BatchWarp() if hp.augment is True else None,
@@ -475,7 +477,8 @@ class _Loop:
         self.stage = stage
         self.stage_start = stage_start
         joint = stage == "joint"
-        self.module.set_trainable(backbone=joint, add_on=True, prototypes=True)
+        self.module.set_trainable(backbone=joint, add_on=True, prototypes=True,
+                                  last_layer=joint and self.hp.lr_last_layer > 0)
         self.net.initialize_optimizer()  # a fresh Adam per stage, as in the reference
         self.decay.decay = joint
 

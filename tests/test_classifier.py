@@ -353,3 +353,32 @@ def test_auto_prototype_dim_is_the_backbone_depth_up_to_128(bar_data, width, exp
     fixed = tiny_classifier(backbone=backbone, prototype_dim=12, warm_epochs=1,
                             joint_epochs=0).fit(X, y)
     assert fixed.module_.prototypes.shape[1] == 12
+
+
+@pytest.mark.parametrize("lr", [0.0, 0.05])
+def test_the_joint_stage_trains_the_last_layer_only_when_asked(bar_data, monkeypatch, lr):
+    """With ``lr_last_layer=0`` (the reference) the convex solve after the joint
+    stage starts from the untouched 1 / -0.5 weights; with a rate, the joint
+    stage has moved them (and its loss has the off-class L1 term). The warm
+    stage never trains the last layer."""
+    from sklearn_protopnet import _training
+
+    starts = []
+    solve = _training.solve_last_layer
+
+    def spy(S, y, own, l1, l2, W0, **kw):
+        starts.append((own.copy(), W0.copy()))
+        return solve(S, y, own, l1, l2, W0, **kw)
+
+    monkeypatch.setattr(_training, "solve_last_layer", spy)
+    images, labels = bar_data
+    # warm-only: the last layer must stay frozen whatever the rate
+    tiny_classifier(warm_epochs=1, joint_epochs=0, lr_last_layer=lr).fit(images, labels)
+    own, W0 = starts.pop()
+    np.testing.assert_array_equal(W0, np.where(own, 1.0, -0.5))
+    tiny_classifier(lr_last_layer=lr, push_start=100).fit(images, labels)  # one solve, at the end
+    (own, W0), = starts
+    if lr == 0:
+        np.testing.assert_array_equal(W0, np.where(own, 1.0, -0.5))
+    else:
+        assert np.abs(W0 - np.where(own, 1.0, -0.5)).max() > 1e-3

@@ -32,13 +32,40 @@ def test_squared_distance_of_a_copied_patch_is_zero():
     assert (squared_distances(z, p) >= 0).all()
 
 
-@pytest.mark.parametrize("kind", ["log", "linear"])
+@pytest.mark.parametrize("kind", ["log", "linear", "cosine"])
 def test_similarity_decreases_with_distance(kind):
     d = torch.linspace(0, 10, 101)
     s = distance_to_similarity(d, kind)
     assert (s[1:] < s[:-1]).all()
     if kind == "log":
         assert s[0].item() == pytest.approx(np.log(1 / 1e-4), rel=1e-6)
+
+
+def test_cosine_similarity_is_the_cosine_of_cell_and_prototype():
+    """Cells and prototypes are scaled to unit length: the similarity map is
+    the brute-force cosine, whatever the prototypes' own lengths, and the
+    add-on has no sigmoid to squeeze every vector onto the diagonal."""
+    torch.manual_seed(0)
+    proto_class = torch.arange(2).repeat_interleave(2)
+    net = ProtoPNet(SmallCNN(width=4), 16, proto_class, 2, prototype_dim=6,
+                    similarity="cosine").eval()
+    assert not any(isinstance(layer, torch.nn.Sigmoid) for layer in net.add_on)
+    with torch.no_grad():
+        net.prototypes.mul_(torch.tensor([[0.1], [3.0], [1.0], [7.0]]))  # any lengths
+        x = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
+        z = net.latent(x)
+        raw = net.add_on(net.backbone(net.normalise(x)))
+        torch.testing.assert_close(z.norm(dim=1), torch.ones(3, *z.shape[2:]))
+        cos = torch.nn.functional.cosine_similarity(
+            raw[:, None].double(), net.prototypes[None, :, :, None, None].double(), dim=2)
+        # z is float32 (scaled to unit length in float32), cos float64 throughout
+        torch.testing.assert_close(net.similarity(net.distance_map(z)), cos, atol=1e-6, rtol=0)
+        logits, min_d = net(x)
+        torch.testing.assert_close(logits, net.similarity(min_d) @ net.last_layer.weight.T)
+        torch.testing.assert_close(net.similarity(min_d).double(), cos.flatten(2).amax(2),
+                                   atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="unknown similarity"):
+        ProtoPNet(SmallCNN(width=4), 16, proto_class, 2, similarity="dot")
 
 
 def test_prototype_losses_match_loops():

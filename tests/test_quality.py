@@ -359,6 +359,25 @@ def test_pointing_game_whole_image_corner_and_peak_pixel(fitted, bars):
                                         zip(far, peaks)]).score == 1.0
 
 
+def test_pointing_game_tolerance_is_the_distance_from_the_peak_pixel_to_the_box(fitted, bars):
+    """A one-pixel box d pixels right of the peak pixel: the peak pixel's centre
+    is d - 0.5 from it, so a tolerance of d - 0.5 hits and one just below
+    misses; 0 is the strict game. Diagonally the distance is Euclidean."""
+    peaks = _peak_pixels(fitted, bars)
+    for d in (1, 3):
+        boxes = [(x + d, y, x + d + 1, y + 1) for x, y in peaks]
+        assert pointing_game(fitted, bars, boxes).score == 0.0
+        assert pointing_game(fitted, bars, boxes, tolerance=d - 0.5 - 1e-9).score == 0.0
+        result = pointing_game(fitted, bars, boxes, tolerance=d - 0.5)
+        assert result.score == 1.0 and result.tolerance == d - 0.5
+    diagonal = [(x + 3, y + 4, x + 4, y + 5) for x, y in peaks]  # (2.5, 3.5) away
+    assert pointing_game(fitted, bars, diagonal, tolerance=3.5).score == 0.0
+    assert pointing_game(fitted, bars, diagonal, tolerance=np.hypot(2.5, 3.5)).score == 1.0
+    for bad in (-1, float("nan"), "2"):
+        with pytest.raises(ValueError, match="tolerance"):
+            pointing_game(fitted, bars, diagonal, tolerance=bad)
+
+
 def test_pointing_game_on_the_activation_maps_argmax(fitted, bars):
     argmax = []
     for e in fitted.explain(bars, top_k=1):
