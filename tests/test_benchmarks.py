@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: script -> (extra arguments, the header of a table its run must print)
 SCRIPTS = {
     "accuracy.py": ([], None),  # any well-formed table
+    "attribution.py": ([], "| seed | cell | map | gradient | gradient x input | smoothgrad |"),
     "calibration.py": ([], "| images | worst channel: mean error / sd |"),
     "decoding.py": ([], "| step | time (s) | decodes |"),
     "decoys.py": ([], "| setting | seed | accuracy | box rule |"),
