@@ -134,11 +134,11 @@ def main() -> None:
             with torch.random.fork_rng():
                 torch.manual_seed(seed)
                 backbone = SmallCNN(width=8)
-            clf = ProtoPNetClassifier(
+            # the benchmark's own choices, which a setting may override
+            clf = ProtoPNetClassifier(**(dict(
                 backbone=backbone, image_size=32, prototypes_per_class=2, prototype_dim=16,
                 warm_epochs=warm, joint_epochs=args.joint_epochs, push_start=100, batch_size=16,
-                augment=False, random_state=seed, **settings[name],
-            )
+                augment=False, random_state=seed) | settings[name]))
             t0 = time.perf_counter()
             clf.fit(X, y)
             dur = time.perf_counter() - t0
