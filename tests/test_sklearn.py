@@ -152,7 +152,7 @@ def test_two_fits_with_one_random_state_give_identical_probabilities(bar_data, s
     "param, value",
     [("prototypes_per_class", 0), ("prototypes_per_class", 1.5), ("image_size", 4),
      ("image_size", (16,)), ("image_size", (16, "a")), ("image_size", (16, 4)),
-     ("image_size", True), ("add_on", "wide"), ("similarity", "cosine"), ("batch_size", 0),
+     ("image_size", True), ("add_on", "wide"), ("similarity", "dot"), ("batch_size", 0),
      ("joint_lr_gamma", 0.0), ("lr_backbone", "fast"), ("validation_fraction", 1.0),
      ("checkpoint_dir", 3), ("device", 0), ("device", "gpu"), ("augment", "yes"), ("backbone", 3),
      ("last_layer_tol", 0.0), ("memory_budget", -1), ("warm_epochs", -1)],
