@@ -237,11 +237,11 @@ class ProtoPNet(nn.Module):
         return (x - self.mean) / self.std
 
     def latent(self, x: torch.Tensor) -> torch.Tensor:
-        """The latent feature map z, (N, D, h, w), values in (0, 1); with
-        cosine similarity each cell scaled to unit length."""
+        """The latent feature map z, (N, D, h, w): values in (0, 1) (the
+        add-on's sigmoid), or with cosine similarity cells of unit length."""
         z = self.add_on(self.backbone(self.normalise(x)))
-        if self.similarity_kind == "cosine":
-            z = nn.functional.normalize(z, dim=1, eps=UNIT_EPSILON)
+        if self.similarity_kind == "cosine":  # in float32: eps is 0 in float16
+            z = nn.functional.normalize(z.float(), dim=1, eps=UNIT_EPSILON)
         return z
 
     def unit_prototypes(self) -> torch.Tensor:
