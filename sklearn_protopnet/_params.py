@@ -250,10 +250,12 @@ HYPERPARAMETERS: tuple[Param, ...] = (
         Images per batch in every stage and in inference."""),
     Param("lr_backbone", "auto", [StrOptions({"auto"}), _positive()], 'float or "auto"', """
         Adam learning rate of the backbone in the joint stage; "auto" is 1e-4
-        (the reference's) for a torchvision backbone with pretrained weights,
-        and 1e-3 for a randomly initialised backbone or an ``nn.Module`` of
-        your own (with or without a weights file); the user guide gives the
-        measurements that chose it.""", cli=_float_or("auto")),
+        (the reference's) for a torchvision backbone with pretrained weights
+        and for an ``nn.Module`` of your own without BatchNorm, InstanceNorm,
+        GroupNorm or LayerNorm layers, and 1e-3 for a randomly initialised
+        torchvision backbone or a module of your own with one of them (with
+        or without a weights file); the user guide gives the measurements
+        that chose it.""", cli=_float_or("auto")),
     Param("lr_add_on", 3e-3, [_positive()], "float", """
         Adam learning rate of the add-on layers in the warm and joint
         stages."""),

@@ -58,6 +58,11 @@ from ._sgd import BATCH_METRICS, BatchProgress, LrSchedule, ProtoPNetNet
 # ----------------------------------------------------------------------------
 # the "auto" rules
 # ----------------------------------------------------------------------------
+#: Layers that keep a backbone's activations at a scale a 1e-3 rate trains
+#: stably (BatchNorm and InstanceNorm are _NormBase's)
+NORMALISATION_LAYERS = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm,
+                        torch.nn.LayerNorm)
+
 #: validation_fraction of early_stopping=True with validation_fraction=None
 EARLY_STOPPING_FRACTION = 0.1
 
@@ -67,8 +72,10 @@ def resolve_auto(hp):
 
     ``lr_backbone="auto"``: 1e-4 (the reference's) for a torchvision trunk
     with pretrained weights (ImageNet features, which a large rate would
-    wash out), 1e-3 otherwise: a randomly initialised backbone has
-    everything to learn, and a user's own small CNN started from a weights
+    wash out) and for a module of your own without normalisation layers
+    (a CNN without BatchNorm trained to 0.79 on digits at 1e-3 and 0.98 at
+    1e-4), 1e-3 otherwise: a randomly initialised backbone has everything
+    to learn, and a user's own small BatchNorm CNN started from a weights
     file fine-tuned 3 points worse at 1e-4 than at 1e-3 (user guide).
     ``joint_lr_schedule="auto"``: "cosine". ``early_stopping`` without a
     ``validation_fraction`` holds out 0.1. ``box_percentile="auto"``: 90 with
@@ -78,7 +85,10 @@ def resolve_auto(hp):
     changes = {}
     if hp.lr_backbone == "auto":
         pretrained_trunk = hp.weights is not None and isinstance(hp.backbone, str)
-        changes["lr_backbone"] = 1e-4 if pretrained_trunk else 1e-3
+        unnormalised = (isinstance(hp.backbone, torch.nn.Module)
+                        and not any(isinstance(layer, NORMALISATION_LAYERS)
+                                    for layer in hp.backbone.modules()))
+        changes["lr_backbone"] = 1e-4 if pretrained_trunk or unnormalised else 1e-3
     if hp.joint_lr_schedule == "auto":
         changes["joint_lr_schedule"] = "cosine"
     if hp.early_stopping and hp.validation_fraction is None:

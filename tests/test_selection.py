@@ -188,9 +188,13 @@ def test_auto_rules_and_the_reference_settings():
     pretrained = _training.resolve_auto(Hyperparameters.of(
         ProtoPNetClassifier(weights="DEFAULT", early_stopping=True)))
     assert pretrained.lr_backbone == 1e-4 and pretrained.validation_fraction == 0.1
-    own = _training.resolve_auto(Hyperparameters.of(
-        ProtoPNetClassifier(backbone=torch.nn.Conv2d(3, 4, 3), weights="cnn.pt")))
-    assert own.lr_backbone == 1e-3
+    for layer, rate in [(torch.nn.BatchNorm2d(4), 1e-3), (torch.nn.GroupNorm(2, 4), 1e-3),
+                        (torch.nn.InstanceNorm2d(4), 1e-3), (torch.nn.ReLU(), 1e-4)]:
+        for weights in (None, "cnn.pt"):
+            own = _training.resolve_auto(Hyperparameters.of(ProtoPNetClassifier(
+                backbone=torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), layer),
+                weights=weights)))
+            assert own.lr_backbone == rate, (layer, weights)
     reference = _training.resolve_auto(Hyperparameters.of(
         ProtoPNetClassifier(**REFERENCE_SETTINGS)))
     assert (reference.lr_backbone, reference.joint_lr_schedule, reference.joint_lr_step,
