@@ -201,3 +201,29 @@ def test_frozen_backbone_stays_in_eval_mode():
     net.train()
     net(torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8))
     assert not torch.equal(bn.running_mean, before)
+
+
+def test_the_sgd_loss_has_the_off_class_l1_term_only_while_the_last_layer_trains():
+    """The reference's ``last_layer_l1 * L1`` term: left out while the last
+    layer is frozen (a constant), added while the joint stage trains it."""
+    from sklearn_protopnet._sgd import ProtoPNetNet
+
+    torch.manual_seed(0)
+    module = _net()
+    net = ProtoPNetNet(module, criterion=torch.nn.CrossEntropyLoss, last_layer_l1=0.25,
+                       device="cpu")
+    net.initialize()
+    net.history.new_epoch()  # get_loss records the batch's metrics
+    net.history.new_batch()
+    x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    y = torch.tensor([0, 1, 2, 0])
+    with torch.no_grad():
+        y_pred = net.module_(x)
+    # every stage sets what trains (a fresh nn.Linear would require grad)
+    net.module_.set_trainable(backbone=True, add_on=True, prototypes=True)
+    frozen = net.get_loss(y_pred, y, training=True)
+    net.module_.set_trainable(backbone=True, add_on=True, prototypes=True, last_layer=True)
+    trained = net.get_loss(y_pred, y, training=True)
+    assert off_class_l1(net.module_).item() > 0
+    assert trained.item() == pytest.approx(frozen.item()
+                                           + 0.25 * off_class_l1(net.module_).item())
