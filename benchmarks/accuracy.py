@@ -9,6 +9,8 @@ Writes real data sets as PNG files and, in one process, fits on their paths
   max-pool and a linear head (the fair twin of max-pooled similarities),
   Adam at 1e-3 for the same total number of epochs, on the same images
   through the same decoding, normalisation, augmentation and batch size.
+  ``--twin-augment false`` trains the twin without the warps, the fair twin
+  of a setting with ``augment=false``.
 
 Data sets: scikit-learn's digits (1,797 8x8 images, upscaled to 32 px), 75/25
 split; Fashion-MNIST (28 px; Debian package ``dataset-fashion-mnist``) with
@@ -242,6 +244,9 @@ def main(argv=None) -> None:
                         help="start from the backbone pretrained on the Fashion-MNIST subset "
                              "(made once and kept in --out); use with --data digits")
     parser.add_argument("--no-twin", action="store_true")
+    parser.add_argument("--twin-augment", choices=["true", "false"], default="true",
+                        help="whether the twin trains with ProtoPNet's default warps (as "
+                             "augment=True does)")
     parser.add_argument("--twin-only", action="store_true",
                         help="fit the twin alone (no ProtoPNet setting)")
     parser.add_argument("--threads", type=int, default=None,
@@ -304,22 +309,26 @@ def main(argv=None) -> None:
             runs += [] if args.twin_only else list(settings.items())
             for label, kw in runs:
                 if kw is None:
+                    augment = args.twin_augment == "true"
+                    kw_twin = dict(augment=augment)
                     acc, dur = fit_twin(backbone(seed), Xtr, ytr, Xte, yte, size,
-                                        args.warm + args.joint, seed)
+                                        args.warm + args.joint, seed, augment=augment)
                 else:
                     # the estimator loads `weights` itself into a fresh copy
                     acc, dur = fit_protopnet(backbone(seed) if not args.weights else
                                              BACKBONES[args.backbone](), Xtr, ytr, Xte, yte,
                                              size, args.warm, args.joint, seed,
                                              **(extra | kw))
-                row = dict(data=name, model=label, settings=kw, warp=warp, seed=seed, acc=acc,
+                row = dict(data=name, model=label, settings=kw_twin if kw is None else kw,
+                           warp=warp, seed=seed, acc=acc,
                            dur=dur,
                            backbone=args.backbone, epochs=[args.warm, args.joint],
                            weights=args.weights)
                 results.append(row)
                 log.write(json.dumps(row) + "\n")
                 log.flush()
-                print(f"| {name} | {label} | {seed} | {acc:.3f} | {dur:.0f} s |", flush=True)
+                shown = label if kw is not None else f"twin (warps {'on' if augment else 'off'})"
+                print(f"| {name} | {shown} | {seed} | {acc:.3f} | {dur:.0f} s |", flush=True)
     log.close()
 
     print("\n| data | model | test accuracy (mean ± sd) | vs twin | wall time vs twin |")
