@@ -287,9 +287,15 @@ HYPERPARAMETERS: tuple[Param, ...] = (
     Param("cluster_coef", 0.8, [_positive()], "float", """
         Weight of the cluster cost (the distance from each image to its
         nearest prototype of its own class) in the SGD loss."""),
-    Param("separation_coef", 0.08, [_positive()], "float", """
+    Param("separation_coef", "auto", [StrOptions({"auto"}), _positive()], 'float or "auto"',
+          """
         Weight of the separation cost (the distance from each image to its
-        nearest prototype of another class), subtracted in the SGD loss."""),
+        nearest prototype of another class), subtracted in the SGD loss.
+        "auto" is half of ``cluster_coef`` for two classes (0.4 with the
+        default 0.8), where the reference's 0.08 lets one class's prototypes
+        drift onto patches that both classes have, and the reference's 0.08
+        for more (the user guide gives the reasoning and the
+        measurements).""", cli=_float_or("auto")),
     Param("last_layer_l1", 1e-4, [_positive()], "float", """
         L1 penalty on the last-layer weights that link a prototype to
         another class, in the convex last-layer problem (the SGD stages keep
@@ -407,12 +413,13 @@ BY_NAME = {p.name: p for p in HYPERPARAMETERS}
 #: The reference code's values of the parameters whose "auto" default
 #: chooses otherwise: ``ProtoPNetClassifier(**REFERENCE_SETTINGS, ...)`` trains
 #: on the reference's schedule (Adam, backbone rate 1e-4, step decay x0.1
-#: every 5 joint epochs) with its 128-dimensional prototypes. The boxes'
+#: every 5 joint epochs) with its 128-dimensional prototypes and separation
+#: weight 0.08 whatever the number of classes. The boxes'
 #: rule is not training: ``box_rule="percentile"`` gives the paper's
 #: rectangle. The deliberate differences are listed in the docs.
 REFERENCE_SETTINGS = MappingProxyType({
     "lr_backbone": 1e-4, "joint_lr_schedule": "step", "joint_lr_step": 5,
-    "joint_lr_gamma": 0.1, "prototype_dim": 128,
+    "joint_lr_gamma": 0.1, "prototype_dim": 128, "separation_coef": 0.08,
 })
 PARAMETER_CONSTRAINTS = {p.name: list(p.constraints) for p in HYPERPARAMETERS}
 NOT_IN_IDENTITY = frozenset(p.name for p in HYPERPARAMETERS if not p.in_identity)

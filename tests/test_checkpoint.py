@@ -469,11 +469,12 @@ def test_sgd_loss_leaves_out_the_constant_l1_term(flagged_fit):
     constant: the recorded loss is CE + cluster_coef * Clst - separation_coef
     * Sep, and the off-class L1 norm is recorded at each last-layer solve."""
     clf = flagged_fit
+    separation_coef = clf.auto_values_.get("separation_coef", clf.separation_coef)
     for r in _epochs(clf.history_):
         assert not any("l1" in k for k in r)
         for p in ("train_", "valid_"):
             expected = (r[p + "ce"] + clf.cluster_coef * r[p + "cluster"]
-                        - clf.separation_coef * r[p + "separation"])
+                        - separation_coef * r[p + "separation"])
             assert r[p + "loss"] == pytest.approx(expected, rel=1e-6, abs=1e-7)
     last = [r for r in clf.history_ if r["stage"] == "last_layer"][-1]
     own = clf.module_.own_class_mask().numpy()

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from sklearn_protopnet import REFERENCE_SETTINGS, ProtoPNetClassifier, _training
+from sklearn_protopnet._backbones import IMAGENET_MEAN, IMAGENET_STD
 from sklearn_protopnet._checkpoint import Checkpoint
 from sklearn_protopnet._last_layer import kkt_residual_at, solve_last_layer
 from sklearn_protopnet._network import prototype_losses
@@ -195,12 +196,42 @@ def test_auto_rules_and_the_reference_settings():
                 backbone=torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), layer),
                 weights=weights)))
             assert own.lr_backbone == rate, (layer, weights)
-    reference = _training.resolve_auto(Hyperparameters.of(
-        ProtoPNetClassifier(**REFERENCE_SETTINGS)))
+    reference = Hyperparameters.of(ProtoPNetClassifier(**REFERENCE_SETTINGS))
+    assert reference.separation_coef == 0.08
+    reference = _training.resolve_auto(reference)
     assert (reference.lr_backbone, reference.joint_lr_schedule, reference.joint_lr_step,
             reference.joint_lr_gamma) == (1e-4, "step", 5, 0.1)
     with pytest.raises(TypeError):
         REFERENCE_SETTINGS["lr_backbone"] = 1.0  # read-only
+
+
+def test_separation_coef_auto_balances_the_push_of_the_other_classes(bar_data, monkeypatch):
+    rule = _training.auto_separation_coef
+    assert rule(0.8, 2) == 0.4 and rule(0.6, 2) == 0.3
+    assert rule(0.8, 3) == rule(0.8, 10) == rule(0.4, 200) == 0.08
+    images, labels = bar_data  # 2 classes
+    seen = []
+    init = ProtoPNetNet.__init__
+
+    def recording(self, *args, **kwargs):
+        seen.append(kwargs["separation_coef"])
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(ProtoPNetNet, "__init__", recording)
+    auto = tiny_classifier(push_start=100, cluster_coef=0.6).fit(images, labels)
+    assert seen == [pytest.approx(0.3)]  # the loss the SGD stages train on
+    assert auto.auto_values_["separation_coef"] == pytest.approx(0.3)
+    assert auto.separation_coef == "auto"  # get_params is what was asked for
+    fixed = tiny_classifier(push_start=100, separation_coef=0.1).fit(images, labels)
+    assert seen[-1] == 0.1 and "separation_coef" not in fixed.auto_values_
+    # every "auto" parameter's value, and nothing else
+    assert set(auto.auto_values_) == {p for p, v in auto.get_params().items()
+                                      if isinstance(v, str) and v == "auto"}
+    assert auto.auto_values_["lr_backbone"] == 1e-3
+    assert auto.auto_values_["joint_lr_schedule"] == "cosine"
+    assert auto.auto_values_["normalize"] == (IMAGENET_MEAN, IMAGENET_STD)
+    assert auto.auto_values_["device"] == "cpu"
+    assert not any(v == "auto" for v in auto.auto_values_.values())
 
 
 def test_the_schedule_reaches_the_optimiser(bar_data, monkeypatch):
