@@ -42,6 +42,7 @@ SCRIPTS = {
     "quality.py": ([], "| model | seed | acc | jaccard |"),
     "resume.py": ([], "| fit | median wall time (s) |"),
     "speed.py": ([], "| phase | seconds | plain epochs |"),
+    "two_classes.py": ([], "| pair | separation_coef | seed | test accuracy |"),
 }
 NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
 
