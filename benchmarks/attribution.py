@@ -19,8 +19,8 @@ the image's cells, the number its evidence is made of. A pointing is a hit
 when it falls inside the motif's box (the pointing game, strict). Prints a
 row per seed and the medians.
 
-    python benchmarks/attribution.py --seeds 5
-    python benchmarks/attribution.py --seeds 5 --set separation_coef=0.4
+    python benchmarks/attribution.py --seeds 5 --set separation_coef=0.08
+    python benchmarks/attribution.py --seeds 5    # 0.4, the default for two classes
 
 ``--quick`` is a smoke test of a few seconds.
 """

@@ -116,9 +116,10 @@ class ProtoPNetClassifier(TransformerMixin, ClassifierMixin, BaseEstimator):
         held-out cross-entropy, whose network was restored before the final
         push and last layer; None without early stopping.
     auto_values_ : dict
-        The value each parameter given as "auto" stood for in this fit
-        (``lr_backbone``, ``prototype_dim``, ``separation_coef``, ...), by
-        name.
+        The value each training parameter given as "auto" stood for in this
+        fit (``normalize``, ``lr_backbone``, ``prototype_dim``,
+        ``separation_coef``, ...), by name; ``device`` and ``accelerator``
+        are not recorded.
     module_ : ProtoPNet
         The fitted network, on the CPU.
     prototype_source_path_ : list of str or None

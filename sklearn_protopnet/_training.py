@@ -98,7 +98,7 @@ def resolve_auto(hp):
     return dataclasses.replace(hp, **changes)
 
 
-#: the reference's separation weight: separation_coef="auto" is never below it
+#: the reference's separation weight: separation_coef="auto" for three or more classes
 REFERENCE_SEPARATION_COEF = 0.08
 
 
@@ -117,9 +117,9 @@ def auto_separation_coef(cluster_coef: float, n_classes: int) -> float:
     ``cluster_coef`` (push half the pull) two-class subsets of digits and
     Fashion-MNIST kept their accuracy and had half the drifted prototypes;
     at ``cluster_coef`` (push equal to pull) they had a quarter, for 0.6
-    points of accuracy. With four classes the reference's 0.3 kept the boxes
-    on the part better than the balance did (docs/explanations.md has the
-    measurements).
+    points of accuracy. With four classes the reference's weights (a push
+    0.3 of the pull) kept the boxes on the part better than an equal push
+    did (docs/explanations.md has the measurements).
     """
     return float(cluster_coef) / 2 if n_classes == 2 else REFERENCE_SEPARATION_COEF
 
@@ -201,8 +201,6 @@ def _train(hp, source, y_enc, classes, device, seed, log, checkpoint,
            sample_weight=None, processes=None) -> dict:
     t_start = time.perf_counter()
     requested, hp = hp, resolve_auto(hp)
-    if isinstance(hp.device, str) and hp.device == "auto":  # where this fit trains
-        hp = dataclasses.replace(hp, device=str(device))
     image_size = image_size_pair(hp.image_size)
     built = build_backbone(hp.backbone, hp.weights, hp.normalize)
     channels, h, w = probe_backbone(built.module, image_size)
@@ -270,8 +268,10 @@ def _train(hp, source, y_enc, classes, device, seed, log, checkpoint,
         "prototype_location_": push.location.copy(),
         "history_": history,
         "best_epoch_": loop.best_epoch if hp.early_stopping else None,
+        # the training choices; where the fit ran (device, accelerator) is not one
         "auto_values_": {name: getattr(hp, name) for name, value in requested.as_dict().items()
-                         if isinstance(value, str) and value == "auto"},
+                         if isinstance(value, str) and value == "auto"
+                         and name not in ("device", "accelerator")},
         "image_size_": image_size,
         "feature_map_shape_": (h, w),
         "cell_geometry_": geometry,

@@ -301,7 +301,7 @@ def test_prototypes_and_top_evidence_find_a_planted_motif():
 
 
 @pytest.mark.slow
-def test_with_two_classes_the_default_separation_keeps_both_classes_prototypes_on_the_motif():
+def test_with_two_classes_the_default_separation_keeps_the_top_evidence_on_the_motif():
     """With the reference's separation weight, seed 3's plus prototypes drift
     off the plus (ROC AUC 0.68 and 0.82, docs/explanations.md) and the top
     evidence of every plus image points beside it (0.35 of the test images

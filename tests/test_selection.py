@@ -224,14 +224,18 @@ def test_separation_coef_auto_balances_the_push_of_the_other_classes(bar_data, m
     assert auto.separation_coef == "auto"  # get_params is what was asked for
     fixed = tiny_classifier(push_start=100, separation_coef=0.1).fit(images, labels)
     assert seen[-1] == 0.1 and "separation_coef" not in fixed.auto_values_
-    # every "auto" parameter's value, and nothing else
+    # every "auto" training parameter's value, and nothing else (not where it ran)
     assert set(auto.auto_values_) == {p for p, v in auto.get_params().items()
-                                      if isinstance(v, str) and v == "auto"}
+                                      if isinstance(v, str) and v == "auto"} - {"device"}
     assert auto.auto_values_["lr_backbone"] == 1e-3
     assert auto.auto_values_["joint_lr_schedule"] == "cosine"
     assert auto.auto_values_["normalize"] == (IMAGENET_MEAN, IMAGENET_STD)
-    assert auto.auto_values_["device"] == "cpu"
     assert not any(v == "auto" for v in auto.auto_values_.values())
+    # three classes: the reference's weight
+    rng = np.random.default_rng(0)
+    three = rng.integers(0, 255, (30, 16, 16, 3), dtype=np.uint8)
+    tiny_classifier(push_start=100, prototypes_per_class=1).fit(three, np.arange(30) % 3)
+    assert seen[-1] == 0.08
 
 
 def test_the_schedule_reaches_the_optimiser(bar_data, monkeypatch):
