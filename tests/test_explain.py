@@ -260,6 +260,32 @@ def test_array_input_has_no_source_path(bar_data):
     assert e._repr_png_().startswith(b"\x89PNG")
 
 
+def _planted_motif_fit(seed: int, **settings):
+    """(model, training motif centres, test images, labels, motif centres):
+    the planted-motif benchmark's model of one seed."""
+    from sklearn_protopnet._synthetic import make_motif_images
+
+    X, y, centres = make_motif_images(100, seed=seed)
+    X_test, y_test, test_centres = make_motif_images(20, seed=100 + seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        backbone = SmallCNN(width=8)
+    clf = tiny_classifier(backbone=backbone, image_size=32, prototypes_per_class=2,
+                          prototype_dim=16, warm_epochs=2, joint_epochs=20, push_start=100,
+                          random_state=seed, **settings).fit(X, y)
+    return clf, centres, X_test, y_test, test_centres
+
+
+def _local_box_hits(clf, X_test, centres) -> list[bool]:
+    """Per test image: the top evidence box holds the motif's centre and
+    covers at most a quarter of the 32 px image."""
+    hits = []
+    for e, (cx, cy) in zip(clf.explain(X_test, top_k=1), centres):
+        x0, y0, x1, y1 = e.evidence[0].box
+        hits.append(x0 <= cx < x1 and y0 <= cy < y1 and (x1 - x0) * (y1 - y0) <= 32 * 32 / 4)
+    return hits
+
+
 @pytest.mark.slow
 def test_prototypes_and_top_evidence_find_a_planted_motif():
     """The class evidence is an 8 px motif among distractors both classes share.
@@ -273,30 +299,20 @@ def test_prototypes_and_top_evidence_find_a_planted_motif():
     and 0.60 on them (benchmarks/planted_motif.py, table in
     docs/explanations.md).
     """
-    from sklearn_protopnet._synthetic import MOTIF, make_motif_images
+    from sklearn_protopnet._synthetic import MOTIF
 
     hits = []
     for seed in (3, 4):
-        X, y, centres = make_motif_images(100, seed=seed)
-        X_test, y_test, test_centres = make_motif_images(20, seed=100 + seed)
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            backbone = SmallCNN(width=8)
-        clf = tiny_classifier(backbone=backbone, image_size=32, prototypes_per_class=2,
-                              prototype_dim=16, warm_epochs=2, joint_epochs=20,
-                              push_start=100, separation_coef=0.4, joint_lr_gamma=1.0,
-                              joint_lr_schedule="step", lr_backbone=3e-4,
-                              random_state=seed).fit(X, y)
+        clf, centres, X_test, y_test, test_centres = _planted_motif_fit(
+            seed, separation_coef=0.4, joint_lr_gamma=1.0, joint_lr_schedule="step",
+            lr_backbone=3e-4)
         stride = clf.cell_geometry_.stride
         for i, (r, c) in zip(clf.prototype_source_index_, clf.prototype_location_):
             cx, cy = centres[i]
             assert abs(c * stride[1] + stride[1] / 2 - cx) <= MOTIF
             assert abs(r * stride[0] + stride[0] / 2 - cy) <= MOTIF
         assert clf.score(X_test, y_test) >= 0.95
-        for e, (cx, cy) in zip(clf.explain(X_test, top_k=1), test_centres):
-            x0, y0, x1, y1 = e.evidence[0].box
-            hits.append(x0 <= cx < x1 and y0 <= cy < y1
-                        and (x1 - x0) * (y1 - y0) <= 32 * 32 / 4)
+        hits += _local_box_hits(clf, X_test, test_centres)
     assert np.mean(hits) >= 0.8
 
 
@@ -310,26 +326,16 @@ def test_with_two_classes_the_default_separation_keeps_the_top_evidence_on_the_m
     0.90 and 1.00 of the test images with a 2 px tolerance
     (benchmarks/planted_motif.py)."""
     from sklearn_protopnet import pointing_game
-    from sklearn_protopnet._synthetic import MOTIF, make_motif_images
+    from sklearn_protopnet._synthetic import MOTIF
 
     pointing, hits = [], []
     for seed in (3, 4):
-        X, y, _ = make_motif_images(100, seed=seed)
-        X_test, y_test, centres = make_motif_images(20, seed=100 + seed)
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            backbone = SmallCNN(width=8)
-        clf = tiny_classifier(backbone=backbone, image_size=32, prototypes_per_class=2,
-                              prototype_dim=16, warm_epochs=2, joint_epochs=20,
-                              push_start=100, random_state=seed).fit(X, y)
+        clf, _, X_test, y_test, centres = _planted_motif_fit(seed)
         assert clf.separation_coef == "auto" and clf.auto_values_["separation_coef"] == 0.4
         assert clf.score(X_test, y_test) >= 0.95
         boxes = np.concatenate([centres - MOTIF / 2, centres + MOTIF / 2], axis=1)
         pointing.extend(pointing_game(clf, X_test, boxes, tolerance=2).hits[:, 0])
-        for e, (cx, cy) in zip(clf.explain(X_test, top_k=1), centres):
-            x0, y0, x1, y1 = e.evidence[0].box
-            hits.append(x0 <= cx < x1 and y0 <= cy < y1
-                        and (x1 - x0) * (y1 - y0) <= 32 * 32 / 4)
+        hits += _local_box_hits(clf, X_test, centres)
     assert np.mean(pointing) >= 0.85 and np.mean(hits) >= 0.8
 
 
