@@ -310,7 +310,6 @@ def main(argv=None) -> None:
             for label, kw in runs:
                 if kw is None:
                     augment = args.twin_augment == "true"
-                    kw_twin = dict(augment=augment)
                     acc, dur = fit_twin(backbone(seed), Xtr, ytr, Xte, yte, size,
                                         args.warm + args.joint, seed, augment=augment)
                 else:
@@ -319,7 +318,8 @@ def main(argv=None) -> None:
                                              BACKBONES[args.backbone](), Xtr, ytr, Xte, yte,
                                              size, args.warm, args.joint, seed,
                                              **(extra | kw))
-                row = dict(data=name, model=label, settings=kw_twin if kw is None else kw,
+                row = dict(data=name, model=label,
+                           settings=dict(augment=augment) if kw is None else kw,
                            warp=warp, seed=seed, acc=acc,
                            dur=dur,
                            backbone=args.backbone, epochs=[args.warm, args.joint],

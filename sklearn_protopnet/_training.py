@@ -50,7 +50,7 @@ from ._images import ImageDataset, check_decodable, decode_all
 from ._init import calibrate_batchnorm, initialise_prototypes
 from ._last_layer import solve_last_layer
 from ._network import ProtoPNet, off_class_l1
-from ._params import image_size_pair
+from ._params import REFERENCE_SETTINGS, image_size_pair
 from ._progress import Progress
 from ._push import PushResult, push_prototypes
 from ._sgd import BATCH_METRICS, BatchProgress, LrSchedule, ProtoPNetNet
@@ -98,10 +98,6 @@ def resolve_auto(hp):
     return dataclasses.replace(hp, **changes)
 
 
-#: the reference's separation weight: separation_coef="auto" for three or more classes
-REFERENCE_SEPARATION_COEF = 0.08
-
-
 def auto_separation_coef(cluster_coef: float, n_classes: int) -> float:
     """``separation_coef="auto"``: half of ``cluster_coef`` for two classes,
     the reference's 0.08 for more.
@@ -121,7 +117,9 @@ def auto_separation_coef(cluster_coef: float, n_classes: int) -> float:
     0.3 of the pull) kept the boxes on the part better than an equal push
     did (docs/explanations.md has the measurements).
     """
-    return float(cluster_coef) / 2 if n_classes == 2 else REFERENCE_SEPARATION_COEF
+    if n_classes == 2:
+        return float(cluster_coef) / 2
+    return REFERENCE_SETTINGS["separation_coef"]
 
 
 #: prototype_dim="auto" for a backbone of at least this many channels

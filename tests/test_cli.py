@@ -200,3 +200,17 @@ def test_plain_text_removes_roles_and_quotes():
     assert plain_text("see :func:`sklearn_protopnet.list_backbones` and "
                       ":class:`~sklearn_protopnet.backbones.SmallCNN`, ``x=1`` or `y`") == (
         "see sklearn_protopnet.list_backbones and SmallCNN, x=1 or y")
+
+
+def test_separation_coef_takes_auto_or_a_number():
+    import argparse
+
+    from sklearn_protopnet._params import add_cli_options
+
+    parser = argparse.ArgumentParser()
+    add_cli_options(parser)
+    assert parser.parse_args([]).separation_coef == "auto"
+    assert parser.parse_args(["--separation-coef", "0.3"]).separation_coef == 0.3
+    assert parser.parse_args(["--separation-coef", "auto"]).separation_coef == "auto"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--separation-coef", "strong"])
