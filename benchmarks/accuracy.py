@@ -320,7 +320,7 @@ def main(argv=None) -> None:
                 if kw is None:
                     augment = args.twin_augment == "true"
                     acc, dur, cpu = fit_twin(backbone(seed), Xtr, ytr, Xte, yte, size,
-                                        args.warm + args.joint, seed, augment=augment)
+                                             args.warm + args.joint, seed, augment=augment)
                 else:
                     # the estimator loads `weights` itself into a fresh copy
                     acc, dur, cpu = fit_protopnet(
